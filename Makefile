@@ -1,0 +1,36 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test install install-test system-deps check bench bench-full docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+install: $(BIN)/python
+	$(PIP) install -e .
+
+## make demo: the chat example on the embedded memory broker, http://127.0.0.1:5000
+demo: install
+	$(BIN)/flask --app examples/chat/app.py run --host 127.0.0.1 --port 5000
+
+system-deps:
+	bash scripts/system-deps.sh
+
+install-test: $(BIN)/python system-deps
+	$(PIP) install -e '.[redis,gevent,client,metrics]' --group test --group lint
+
+## make test: installs what the suite needs, then runs all of it
+test: install-test
+	$(BIN)/python -m pytest
+
+## make check: format, lint, types
+check: install-test
+	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""The seed's first answer, without Redis: a chat pushed to every open page.
+
+A form POSTs to ``/post``; the user name comes from the session; messages are
+time-stamped and published to the ``chat`` channel; every open page shows them
+through ``onmessage``. Run: ``flask --app examples/chat/app.py run``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from flask import Flask, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response
+
+from flask_eventstream import EventStream
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-change-me")
+app.config.from_prefixed_env()  # e.g. FLASK_EVENTSTREAM_BROKER_URL=redis://...
+events = EventStream(app)
+
+
+@app.get("/")
+def index() -> str:
+    return render_template("chat.html", user=session.get("user", "anonymous"))
+
+
+@app.post("/login")
+def login() -> Response:
+    session["user"] = request.form.get("user", "").strip()[:40] or "anonymous"
+    return redirect(url_for("index"))
+
+
+@app.post("/post")
+def post() -> tuple[str, int]:
+    # Same-origin check: the form is posted by our own page (fetch sends Origin).
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != request.host_url.rstrip("/"):
+        return "cross-origin post refused", 403
+    message = request.form.get("message", "")
+    if not message.strip():
+        return "empty message", 400
+    user = session.get("user", "anonymous")
+    now = datetime.datetime.now().replace(microsecond=0).time()
+    events.publish(f"[{now.isoformat()}] {user}: {message}", channel="chat")
+    return "", 204

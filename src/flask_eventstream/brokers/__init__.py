@@ -1,0 +1,36 @@
+"""Brokers: where events are kept and how they reach subscribers.
+
+:func:`from_url` picks one from ``EVENTSTREAM_BROKER_URL``: ``memory://`` (the
+default, in-process) or ``redis://``, ``rediss://``, ``unix://``, ``valkey://``,
+``valkeys://`` (the Redis broker, ``pip install flask-eventstream[redis]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .base import Broker, Fanout, Subscription
+from .memory import MemoryBroker
+
+__all__ = ["Broker", "Fanout", "MemoryBroker", "Subscription", "from_url"]
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix", "valkey", "valkeys"}
+
+
+def from_url(url: str, **options: Any) -> Broker:
+    """Create the broker *url* names, passing *options* to its constructor.
+
+    :raises ValueError: for a scheme no broker handles.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryBroker(**options)
+    if scheme in _REDIS_SCHEMES:
+        from .redis import RedisBroker
+
+        return RedisBroker.from_url(url, **options)
+    raise ValueError(
+        f"unsupported EVENTSTREAM_BROKER_URL {url!r}: use memory:// or "
+        "redis://, rediss://, unix://, valkey://"
+    )

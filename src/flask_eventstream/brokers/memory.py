@@ -1,0 +1,126 @@
+"""The embedded broker: everything in this process's memory, no server needed.
+
+Ids: every event gets a sequence number from one counter per broker, which starts
+at the current time in microseconds. Ids the broker assigns are that number, so they
+increase per channel (and across channels, which lets one ``Last-Event-ID`` resume
+a multi-channel stream), and a restarted process hands out larger ids than the one
+before it, so an id from before a restart is recognised as unknown, not mistaken
+for a recent one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import NamedTuple
+
+from ..event import Event
+from .base import Broker, Fanout, Subscription
+
+__all__ = ["MemoryBroker"]
+
+
+class _Entry(NamedTuple):
+    seq: int
+    event: Event
+
+
+class _Channel:
+    """Retained events of one channel, oldest first.
+
+    ``floor``: every event of this channel with a sequence number above it is still
+    retained. Resuming from below the floor means events were missed.
+    """
+
+    __slots__ = ("history", "floor")
+
+    def __init__(self, history: int, floor: int) -> None:
+        self.history: deque[_Entry] = deque(maxlen=history)
+        self.floor = floor
+
+    def append(self, entry: _Entry) -> None:
+        if self.history.maxlen == len(self.history):
+            self.floor = self.history[0].seq if self.history else entry.seq
+        self.history.append(entry)
+
+
+class MemoryBroker(Broker):
+    """Keeps the last *history* events of each channel and fans out in process.
+
+    :param history: events kept per channel for replay (0 keeps none).
+    :param buffer: events that may wait for one slow subscriber before it is cut off.
+
+    Only subscribers in the same process see events: use the Redis broker when the
+    app runs several worker processes. Retained history grows with the number of
+    channels published to (at most *history* events each).
+    """
+
+    def __init__(self, *, history: int = 1000, buffer: int = 1000) -> None:
+        if history < 0:
+            raise ValueError(f"history must be 0 or more, got {history}")
+        self._fanout = Fanout(buffer=buffer)
+        self._history = history
+        self._start = self._seq = time.time_ns() // 1000
+        self._channels: dict[str, _Channel] = {}
+
+    @property
+    def fanout(self) -> Fanout:
+        return self._fanout
+
+    def publish(self, channel: str, event: Event) -> Event:
+        with self._fanout.lock:
+            self._seq += 1
+            if event.id is None:
+                event = replace(event, id=str(self._seq))
+            stored = self._channels.get(channel)
+            if stored is None:
+                stored = self._channels[channel] = _Channel(self._history, self._start)
+            stored.append(_Entry(self._seq, event))
+            self._fanout.deliver(channel, event.encode())
+        return event
+
+    def subscribe(
+        self, channels: Sequence[str], *, last_event_id: str | None = None
+    ) -> Subscription:
+        with self._fanout.lock:
+            backlog: list[_Entry] = []
+            missed = False
+            if last_event_id:
+                after = self._resolve(channels, last_event_id)
+                for name in dict.fromkeys(channels):
+                    stored = self._channels.get(name)
+                    floor = stored.floor if stored is not None else self._start
+                    if after is None or after < floor:
+                        missed = True
+                    if stored is not None:
+                        start = after if after is not None else floor
+                        backlog.extend(e for e in stored.history if e.seq > start)
+                backlog.sort(key=lambda e: e.seq)
+            return self._fanout.subscribe(
+                channels, (e.event.encode() for e in backlog), missed=missed
+            )
+
+    def _resolve(self, channels: Sequence[str], last_event_id: str) -> int | None:
+        """The sequence number *last_event_id* stands for, or ``None`` if unknown."""
+        found = [
+            entry.seq
+            for name in channels
+            if (stored := self._channels.get(name)) is not None
+            for entry in stored.history
+            if entry.event.id == last_event_id
+        ]
+        if found:
+            return max(found)
+        if last_event_id.isascii() and last_event_id.isdigit():
+            seq = int(last_event_id)
+            if seq <= self._seq:
+                return seq
+        return None
+
+    def subscriber_count(self, channel: str | None = None) -> int:
+        return self._fanout.count(channel)
+
+    def close(self) -> None:
+        self._fanout.end_all()
