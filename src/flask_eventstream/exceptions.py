@@ -6,8 +6,12 @@ The tree::
     ├── InvalidEvent (also ValueError)     an event that cannot be written as SSE
     ├── InvalidChannel (also ValueError)   a channel name outside the documented rules
     ├── InvalidLastEventId (also ValueError)
-    └── BrokerError
-        └── BrokerUnavailable              the broker cannot accept a publish right now
+    ├── BrokerError
+    │   └── BrokerUnavailable              the broker cannot accept a publish right now
+    └── ClientError                        raised by flask_eventstream.client
+        ├── StreamRefused                  not 200 text/event-stream: do not reconnect
+        ├── EventTooLarge                  a line or event over the client's size cap
+        └── ReconnectFailed                gave up after max_reconnects attempts
 
 Callers that already catch :class:`ValueError` for bad input keep working.
 """
@@ -46,3 +50,35 @@ class BrokerError(EventStreamError):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached; the publish was *not* accepted: retry it."""
+
+
+class ClientError(EventStreamError):
+    """The Python client (:mod:`flask_eventstream.client`) stopped with an error."""
+
+
+class StreamRefused(ClientError):
+    """The server answered with something other than ``200 text/event-stream``.
+
+    A browser fails the connection for good in that case (C5, C12), so the client does
+    not reconnect. (``204 No Content`` is the server's way to say "stop": the client
+    then ends without raising.)
+
+    :param status_code: the HTTP status of the response.
+    :param content_type: its ``Content-Type`` header, or ``None``.
+    """
+
+    def __init__(self, status_code: int, content_type: str | None) -> None:
+        super().__init__(
+            f"the server answered {status_code} with Content-Type "
+            f"{content_type!r}; an event stream needs 200 and text/event-stream"
+        )
+        self.status_code = status_code
+        self.content_type = content_type
+
+
+class EventTooLarge(ClientError):
+    """The stream sent a line or an event larger than the client accepts (O11)."""
+
+
+class ReconnectFailed(ClientError):
+    """The client gave up reconnecting; the last network error is the ``__cause__``."""
