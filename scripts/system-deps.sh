@@ -13,8 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+apt-get install -y -q "${missing[@]}" >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 # The Debian package starts a redis-server on 6379; the tests start their own.
 if command -v systemctl >/dev/null; then systemctl disable --now redis-server nginx >/dev/null 2>&1 || true; fi
 service redis-server stop >/dev/null 2>&1 || true
