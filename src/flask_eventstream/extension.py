@@ -8,28 +8,25 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, has_app_context, request
+from flask import Blueprint, Response, current_app, has_app_context, url_for
 from flask.ctx import has_request_context
 from flask.globals import request_ctx
 
 from . import brokers
+from .auth import TOKEN_PARAM, Authorizer, mint_token, signing_keys
 from .channels import validate_channel
+from .cors import CorsPolicy
 from .event import Event, encode_comment
-from .exceptions import InvalidChannel, InvalidEvent, InvalidLastEventId
-from .stream import SourceStream, SubscriptionStream, event_from_item
+from .exceptions import InvalidEvent
+from .stream import SourceStream, event_from_item
+from .views import GAP_EVENT, StreamLimiter, event_stream_response, subscribe_response
 
 if TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["EventStream"]
+__all__ = ["GAP_EVENT", "EventStream"]
 
-#: Name of the event written first when a client resumes from an id the broker no
-#: longer has: events may have been missed. Its data is JSON:
-#: ``{"last_event_id": "<the id asked for>"}``. Listen with
-#: ``source.addEventListener("eventstream-gap", ...)`` and reload the page's state.
-GAP_EVENT = "eventstream-gap"
-
-#: Longest ``Last-Event-ID`` accepted, in bytes of UTF-8.
+#: Longest ``Last-Event-ID`` accepted by default, in bytes of UTF-8.
 MAX_LAST_EVENT_ID = 256
 
 _DEFAULTS: dict[str, Any] = {
@@ -42,9 +39,13 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_RETRY": None,
     "EVENTSTREAM_MAX_EVENT_SIZE": 1024 * 1024,
     "EVENTSTREAM_MAX_CHANNELS": 16,
+    "EVENTSTREAM_MAX_LAST_EVENT_ID": MAX_LAST_EVENT_ID,
+    "EVENTSTREAM_MAX_STREAMS": 1000,
+    "EVENTSTREAM_REQUIRE_TOKEN": False,
+    "EVENTSTREAM_TOKEN_MAX_AGE": 3600,
+    "EVENTSTREAM_CORS_ORIGINS": None,
+    "EVENTSTREAM_CORS_CREDENTIALS": False,
 }
-
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @dataclass
@@ -57,6 +58,10 @@ class _State:
     retry: int | None
     max_event_size: int
     max_channels: int
+    max_last_event_id: int
+    streams: StreamLimiter
+    require_token: bool
+    token_max_age: int
 
     @property
     def preamble(self) -> bytes:
@@ -93,6 +98,7 @@ class EventStream:
         self._broker = broker
         self._url_prefix = url_prefix
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._authorizers: list[Authorizer] = []
         if app is not None:
             self.init_app(app)
 
@@ -120,8 +126,25 @@ class EventStream:
             Largest encoded event ``publish()`` accepts, in bytes.
         ``EVENTSTREAM_MAX_CHANNELS`` (``16``)
             Most channels one connection may subscribe to.
+        ``EVENTSTREAM_MAX_LAST_EVENT_ID`` (``256``)
+            Longest ``Last-Event-ID`` accepted, in bytes; longer ones get 400.
+        ``EVENTSTREAM_MAX_STREAMS`` (``1000``)
+            Most streams this app holds open in this process; past it, 503 with
+            ``Retry-After``. ``None`` for no limit.
+        ``EVENTSTREAM_REQUIRE_TOKEN`` (``False``)
+            Refuse (401) a subscription without a subscribe token
+            (:meth:`subscribe_token`).
+        ``EVENTSTREAM_TOKEN_MAX_AGE`` (``3600``)
+            Seconds a subscribe token is valid when minted without ``max_age``.
+        ``EVENTSTREAM_CORS_ORIGINS`` (``None``)
+            Origins whose pages may read the stream cross-origin: a list of
+            ``"https://host[:port]"``, or ``"*"``; ``None`` sends no CORS headers.
+        ``EVENTSTREAM_CORS_CREDENTIALS`` (``False``)
+            Allow ``withCredentials`` (cookies) for those origins; never with ``"*"``.
 
         :raises RuntimeError: if *app* is already set up by an ``EventStream``.
+        :raises ValueError: for a CORS setting that cannot be safe (``"*"`` with
+            credentials) or an origin that is not ``scheme://host[:port]``.
         """
         if "eventstream" in app.extensions:
             raise RuntimeError(
@@ -131,6 +154,10 @@ class EventStream:
         for key, value in _DEFAULTS.items():
             app.config.setdefault(key, value)
         config = app.config
+        cors = CorsPolicy.from_config(
+            config["EVENTSTREAM_CORS_ORIGINS"], config["EVENTSTREAM_CORS_CREDENTIALS"]
+        )
+        streams = StreamLimiter(config["EVENTSTREAM_MAX_STREAMS"])
         broker = self._broker or brokers.from_url(
             config["EVENTSTREAM_BROKER_URL"],
             history=int(config["EVENTSTREAM_HISTORY"]),
@@ -143,10 +170,16 @@ class EventStream:
             retry=config["EVENTSTREAM_RETRY"],
             max_event_size=int(config["EVENTSTREAM_MAX_EVENT_SIZE"]),
             max_channels=int(config["EVENTSTREAM_MAX_CHANNELS"]),
+            max_last_event_id=int(config["EVENTSTREAM_MAX_LAST_EVENT_ID"]),
+            streams=streams,
+            require_token=bool(config["EVENTSTREAM_REQUIRE_TOKEN"]),
+            token_max_age=int(config["EVENTSTREAM_TOKEN_MAX_AGE"]),
         )
         blueprint = Blueprint("eventstream", __name__)
         blueprint.add_url_rule("", "stream", self._subscribe_view)
         blueprint.add_url_rule("/<channel>", "stream", self._subscribe_view)
+        if cors is not None:
+            blueprint.after_request(cors.apply)
         prefix = self._url_prefix or config["EVENTSTREAM_URL_PREFIX"]
         app.register_blueprint(blueprint, url_prefix=prefix)
         self._apps.add(app)
@@ -207,6 +240,73 @@ class EventStream:
         """The current app's broker."""
         return _state(self._app()).broker
 
+    # Who may subscribe
+
+    def authorize(self, function: Authorizer) -> Authorizer:
+        """Register *function* to decide who may subscribe to a channel.
+
+        ::
+
+            @events.authorize
+            def may_read(channel):
+                return channel == f"user:{current_user.id}" or channel == "news"
+
+        Called in the request context (sessions, ``flask_login.current_user`` work)
+        with each channel a request asks for, the replayed ones included, before
+        any stream byte is sent. Return a true value to allow; a false one answers
+        403. Call ``abort(401)`` for 401. With several hooks, all must allow.
+        Requests carrying a subscribe token are decided by the token instead (see
+        :mod:`flask_eventstream.auth`). Applies to every app of this extension.
+        """
+        self._authorizers.append(function)
+        return function
+
+    def subscribe_token(
+        self, channels: str | Iterable[str], *, max_age: int | None = None
+    ) -> str:
+        """Mint a signed token that lets its bearer subscribe to *channels*.
+
+        Pass it as ``?token=...`` (``EventSource`` cannot send headers); see
+        :meth:`stream_url`. Signed with the app's ``SECRET_KEY`` (rotated keys in
+        ``SECRET_KEY_FALLBACKS`` stay valid). The token is checked when a stream
+        opens, and again at every reconnection: mint it for as long as the page
+        should be able to reconnect.
+
+        :param channels: one channel name or several.
+        :param max_age: seconds the token is valid; ``EVENTSTREAM_TOKEN_MAX_AGE``
+            when ``None``.
+        :raises RuntimeError: if the app has no ``SECRET_KEY``.
+        :raises InvalidChannel: for a channel name outside the rules.
+        """
+        app = self._app()
+        names = [channels] if isinstance(channels, str) else list(channels)
+        age = _state(app).token_max_age if max_age is None else max_age
+        return mint_token(signing_keys(app), names, max_age=age)
+
+    def stream_url(
+        self,
+        channels: str | Iterable[str] | None = None,
+        *,
+        token: bool = False,
+        max_age: int | None = None,
+        _external: bool = False,
+    ) -> str:
+        """The URL of the stream of *channels*, like ``url_for``; for templates.
+
+        ``events.stream_url("user:42", token=True)`` gives
+        ``/stream?channel=user:42&token=...`` with a fresh :meth:`subscribe_token`.
+        Needs an app context (and ``SERVER_NAME`` outside a request).
+        """
+        names = [channels] if isinstance(channels, str) else list(channels or ())
+        params: dict[str, Any] = {"_external": _external}
+        if names:
+            params["channel"] = names
+        if token:
+            params[TOKEN_PARAM] = self.subscribe_token(
+                names or [_state(self._app()).default_channel], max_age=max_age
+            )
+        return url_for("eventstream.stream", **params)
+
     # Streams of your own
 
     def stream(
@@ -245,26 +345,13 @@ class EventStream:
             preamble=state.preamble,
             context=context,
         )
-        return _event_stream_response(body)
+        return event_stream_response(body)
 
     # The endpoint
 
     def _subscribe_view(self, channel: str | None = None) -> Response:
-        state = _state(current_app)
-        try:
-            channels = _requested_channels(channel, state)
-            last_event_id = _requested_last_event_id()
-        except ValueError as exc:
-            return Response(f"{exc}\n", 400, mimetype="text/plain")
-        subscription = state.broker.subscribe(channels, last_event_id=last_event_id)
-        preamble = state.preamble
-        if subscription.missed:
-            note = current_app.json.dumps({"last_event_id": last_event_id})
-            preamble += Event(note, event=GAP_EVENT).encode()
-        body = SubscriptionStream(
-            subscription, heartbeat=state.heartbeat, preamble=preamble
-        )
-        return _event_stream_response(body)
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        return subscribe_response(app, _state(app), channel, self._authorizers)
 
     def _app(self) -> Flask:
         if has_app_context():
@@ -288,45 +375,6 @@ def _state(app: Flask) -> _State:
             "EventStream(app) or events.init_app(app) first"
         ) from None
     return state
-
-
-def _requested_channels(channel: str | None, state: _State) -> list[str]:
-    names = [channel] if channel is not None else request.args.getlist("channel")
-    names = list(dict.fromkeys(names)) or [state.default_channel]
-    if len(names) > state.max_channels:
-        raise InvalidChannel(
-            f"{len(names)} channels asked for; at most {state.max_channels} allowed"
-        )
-    return [validate_channel(name) for name in names]
-
-
-def _requested_last_event_id() -> str | None:
-    """``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated."""
-    raw = request.headers.get("Last-Event-ID")
-    if raw is not None:
-        try:  # WSGI gives headers as latin-1; browsers send UTF-8 (C8).
-            raw = raw.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            raise InvalidLastEventId("Last-Event-ID is not valid UTF-8") from None
-    else:
-        raw = request.args.get("lastEventId")
-    if not raw:
-        return None
-    if len(raw.encode()) > MAX_LAST_EVENT_ID:
-        raise InvalidLastEventId(
-            f"Last-Event-ID is longer than {MAX_LAST_EVENT_ID} bytes"
-        )
-    if any(c in raw for c in "\0\r\n"):
-        raise InvalidLastEventId("Last-Event-ID must not hold NUL, CR or LF (C11)")
-    return raw
-
-
-def _event_stream_response(body: Iterable[bytes]) -> Response:
-    # direct_passthrough: Werkzeug hands our iterable (and its close()) to the server
-    # untouched. No Connection or other hop-by-hop header (S13).
-    return Response(
-        body, mimetype="text/event-stream", headers=_HEADERS, direct_passthrough=True
-    )
 
 
 def _calls(function: Callable[[], Any], limit: int | None) -> Iterator[Any]:

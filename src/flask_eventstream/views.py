@@ -1,0 +1,229 @@
+"""Request handling for the stream endpoint: reading the request, limits, refusals.
+
+Everything here runs before the first stream byte, so every refusal is a plain
+HTTP answer a client can read: 400 for a malformed request, 401/403 from
+:mod:`~flask_eventstream.auth`, 503 with ``Retry-After`` when the process already
+holds its maximum of open streams. Browsers do not reconnect after any of these
+(SSE-RULES C5, C12): a page that wants to retry must do so itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
+from .channels import validate_channel
+from .event import Event
+from .exceptions import InvalidChannel, InvalidLastEventId
+from .stream import SubscriptionStream
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import _State
+
+__all__ = [
+    "GAP_EVENT",
+    "CountedBody",
+    "StreamLimiter",
+    "event_stream_response",
+    "plain_response",
+    "requested_channels",
+    "requested_last_event_id",
+    "subscribe_response",
+]
+
+#: Name of the event written first when a client resumes from an id the broker no
+#: longer has: events may have been missed. Its data is JSON:
+#: ``{"last_event_id": "<the id asked for>"}``. Listen with
+#: ``source.addEventListener("eventstream-gap", ...)`` and reload the page's state.
+GAP_EVENT = "eventstream-gap"
+
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+#: Seconds a client refused for capacity is asked to wait (``Retry-After``).
+RETRY_AFTER = 10
+
+
+def subscribe_response(
+    app: Flask,
+    state: _State,
+    channel: str | None,
+    authorizers: Sequence[Authorizer],
+) -> Response:
+    """The stream endpoint: check the request, then stream its subscription.
+
+    :param channel: the channel in the path (``/stream/<channel>``), if any.
+    """
+    try:
+        channels = requested_channels(
+            channel, default=state.default_channel, max_channels=state.max_channels
+        )
+        last_event_id = requested_last_event_id(state.max_last_event_id)
+    except ValueError as exc:
+        return plain_response(str(exc), 400)
+    # Replay reads the same channels, so this one check covers it too.
+    refusal = check_access(
+        channels,
+        token=request.args.get(TOKEN_PARAM),
+        keys=signing_keys(app),
+        require_token=state.require_token,
+        authorizers=authorizers,
+    )
+    if refusal is not None:
+        return plain_response(refusal.message, refusal.status)
+    if not state.streams.acquire():
+        return over_capacity()
+    try:
+        subscription = state.broker.subscribe(channels, last_event_id=last_event_id)
+    except BaseException:
+        state.streams.release()
+        raise
+    preamble = state.preamble
+    if subscription.missed:
+        note = app.json.dumps({"last_event_id": last_event_id})
+        preamble += Event(note, event=GAP_EVENT).encode()
+    body = SubscriptionStream(
+        subscription, heartbeat=state.heartbeat, preamble=preamble
+    )
+    return event_stream_response(CountedBody(body, state.streams))
+
+
+def event_stream_response(body: Iterable[bytes]) -> Response:
+    """A ``text/event-stream`` response streaming *body* (S1, S13, O1, O5)."""
+    # direct_passthrough: Werkzeug hands our iterable (and its close()) to the server
+    # untouched. No Connection or other hop-by-hop header (S13).
+    return Response(
+        body, mimetype="text/event-stream", headers=_HEADERS, direct_passthrough=True
+    )
+
+
+class StreamLimiter:
+    """Counts the open streams of one app in this process, up to *limit*.
+
+    Any request thread or greenlet may call :meth:`acquire` and :meth:`release`; the
+    count is guarded by one lock, so a burst of connections cannot overshoot.
+
+    :param limit: most open streams; ``None`` for no limit.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"EVENTSTREAM_MAX_STREAMS must be at least 1, got {limit}")
+        self.limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        """Streams open now."""
+        return self._open
+
+    def acquire(self) -> bool:
+        """Take a slot; ``False`` when all are taken."""
+        with self._lock:
+            if self.limit is not None and self._open >= self.limit:
+                return False
+            self._open += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        with self._lock:
+            self._open -= 1
+
+
+class CountedBody:
+    """A response body that gives its :class:`StreamLimiter` slot back on ``close()``.
+
+    ``__iter__`` hands the server the wrapped body's own iterator, so writing costs
+    nothing extra; the WSGI server calls ``close()`` on this object when the client
+    is gone or the stream ended (PEP 3333), exactly once slot release included.
+    """
+
+    __slots__ = ("_body", "_limiter", "_closed")
+
+    def __init__(self, body: Iterable[bytes], limiter: StreamLimiter) -> None:
+        self._body = body
+        self._limiter = limiter
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._limiter.release()
+
+
+def plain_response(
+    message: str, status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A short ``text/plain`` answer, for refusals before any stream byte."""
+    return Response(f"{message}\n", status, headers, mimetype="text/plain")
+
+
+def over_capacity() -> Response:
+    """503 with ``Retry-After``: IANA's advice for capacity problems (C12)."""
+    return plain_response(
+        "too many open event streams on this server; retry later",
+        503,
+        {"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+def requested_channels(
+    channel: str | None, *, default: str, max_channels: int
+) -> list[str]:
+    """The channels of this request: the path's, else ``?channel=``, else *default*.
+
+    Duplicates are dropped; order is kept.
+
+    :raises InvalidChannel: for more than *max_channels* or an invalid name.
+    """
+    names = [channel] if channel is not None else request.args.getlist("channel")
+    names = list(dict.fromkeys(names)) or [default]
+    if len(names) > max_channels:
+        raise InvalidChannel(
+            f"{len(names)} channels asked for; at most {max_channels} allowed"
+        )
+    return [validate_channel(name) for name in names]
+
+
+def requested_last_event_id(max_length: int) -> str | None:
+    """``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated.
+
+    :param max_length: longest value accepted, in bytes of UTF-8.
+    :raises InvalidLastEventId: for a value no conforming browser sends (C11), or
+        one longer than *max_length*.
+    """
+    raw = request.headers.get("Last-Event-ID")
+    if raw is not None:
+        try:  # WSGI gives headers as latin-1; browsers send UTF-8 (C8).
+            raw = raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise InvalidLastEventId("Last-Event-ID is not valid UTF-8") from None
+    else:
+        raw = request.args.get("lastEventId")
+    if not raw:
+        return None
+    try:
+        size = len(raw.encode("utf-8"))
+    except UnicodeError:  # a lone surrogate: not text any browser could send
+        raise InvalidLastEventId("Last-Event-ID is not valid UTF-8") from None
+    if size > max_length:
+        raise InvalidLastEventId(f"Last-Event-ID is longer than {max_length} bytes")
+    if any(c in raw for c in "\0\r\n"):
+        raise InvalidLastEventId("Last-Event-ID must not hold NUL, CR or LF (C11)")
+    return raw
