@@ -20,6 +20,10 @@ app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-change-me")
 app.config.from_prefixed_env()  # e.g. FLASK_EVENTSTREAM_BROKER_URL=redis://...
 events = EventStream(app)
 
+#: Longest message accepted; far below EVENTSTREAM_MAX_EVENT_SIZE, so a long paste
+#: gets a 400 here instead of a 500 from publish().
+MAX_MESSAGE = 2000
+
 
 @app.get("/")
 def index() -> str:
@@ -41,6 +45,8 @@ def post() -> tuple[str, int]:
     message = request.form.get("message", "")
     if not message.strip():
         return "empty message", 400
+    if len(message) > MAX_MESSAGE:
+        return f"message longer than {MAX_MESSAGE} characters", 400
     user = session.get("user", "anonymous")
     now = datetime.datetime.now().replace(microsecond=0).time()
     events.publish(f"[{now.isoformat()}] {user}: {message}", channel="chat")
