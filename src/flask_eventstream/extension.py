@@ -6,7 +6,8 @@ import inspect
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, has_app_context, url_for
 from flask.ctx import has_request_context
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["GAP_EVENT", "EventStream"]
+
+_A = TypeVar("_A", bound=Authorizer)
 
 #: Longest ``Last-Event-ID`` accepted by default, in bytes of UTF-8.
 MAX_LAST_EVENT_ID = 256
@@ -242,7 +245,7 @@ class EventStream:
 
     # Who may subscribe
 
-    def authorize(self, function: Authorizer) -> Authorizer:
+    def authorize(self, function: _A) -> _A:
         """Register *function* to decide who may subscribe to a channel.
 
         ::
@@ -294,18 +297,17 @@ class EventStream:
         """The URL of the stream of *channels*, like ``url_for``; for templates.
 
         ``events.stream_url("user:42", token=True)`` gives
-        ``/stream?channel=user:42&token=...`` with a fresh :meth:`subscribe_token`.
+        ``/stream/user:42?token=...`` with a fresh :meth:`subscribe_token`.
         Needs an app context (and ``SERVER_NAME`` outside a request).
         """
         names = [channels] if isinstance(channels, str) else list(channels or ())
-        params: dict[str, Any] = {"_external": _external}
-        if names:
-            params["channel"] = names
+        query = [("channel", name) for name in names] if len(names) > 1 else []
         if token:
-            params[TOKEN_PARAM] = self.subscribe_token(
-                names or [_state(self._app()).default_channel], max_age=max_age
-            )
-        return url_for("eventstream.stream", **params)
+            grant = names or [_state(self._app()).default_channel]
+            query.append((TOKEN_PARAM, self.subscribe_token(grant, max_age=max_age)))
+        path = {"channel": names[0]} if len(names) == 1 else {}
+        url = url_for("eventstream.stream", _external=_external, **path)
+        return f"{url}?{urlencode(query)}" if query else url
 
     # Streams of your own
 
