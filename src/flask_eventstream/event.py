@@ -119,7 +119,11 @@ def encode_comment(text: str = "") -> bytes:
 
     Used for heartbeats and for notes to a reader of the raw stream.
 
-    :raises InvalidEvent: if *text* holds CR or LF.
+    :raises InvalidEvent: if *text* holds CR or LF, or a lone surrogate.
     """
     _check_line("comment", text)
+    if _unencodable(text):
+        raise InvalidEvent(
+            "comment", "holds a lone surrogate, which UTF-8 cannot encode (S2)"
+        )
     return f": {text}\n\n".encode() if text else b":\n\n"

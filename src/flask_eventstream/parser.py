@@ -19,6 +19,7 @@ import codecs
 import re
 
 from .event import Event
+from .exceptions import InvalidEvent, InvalidLastEventId
 
 __all__ = ["EventParser"]
 
@@ -30,6 +31,9 @@ class EventParser:
 
     :param last_event_id: the last event id to resume from (what the client sent as
         ``Last-Event-ID``); events without an ``id`` field carry it.
+    :raises InvalidLastEventId: if *last_event_id* holds CR, LF, NUL or a lone
+        surrogate: no stream can set such an id (F16), and every event dispatched
+        with it would be invalid.
 
     Attributes, updated as the stream is read:
 
@@ -43,6 +47,7 @@ class EventParser:
     """
 
     def __init__(self, last_event_id: str = "") -> None:
+        _check_seed(last_event_id)
         self.retry: int | None = None
         self.last_event_id = last_event_id
         self._id_buffer = last_event_id
@@ -135,3 +140,14 @@ class EventParser:
         return Event(
             "\n".join(data), event=event_type or "message", id=self.last_event_id
         )
+
+
+def _check_seed(last_event_id: str) -> None:
+    # The seed becomes the id of parsed events, so it obeys the rules of an Event id;
+    # checked here so that a bad seed fails at once, not at the first dispatch.
+    try:
+        Event(id=last_event_id)
+    except InvalidEvent as exc:
+        raise InvalidLastEventId(
+            f"last_event_id is not a valid event id ({exc})"
+        ) from None
