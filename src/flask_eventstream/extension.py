@@ -34,6 +34,7 @@ MAX_LAST_EVENT_ID = 256
 
 _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_BROKER_URL": "memory://",
+    "EVENTSTREAM_REDIS_PREFIX": "eventstream:",
     "EVENTSTREAM_URL_PREFIX": "/stream",
     "EVENTSTREAM_DEFAULT_CHANNEL": "sse",
     "EVENTSTREAM_HEARTBEAT": 15.0,
@@ -112,6 +113,8 @@ class EventStream:
 
         ``EVENTSTREAM_BROKER_URL`` (``"memory://"``)
             ``memory://`` or a Redis/Valkey URL.
+        ``EVENTSTREAM_REDIS_PREFIX`` (``"eventstream:"``)
+            Put before every Redis key, so several apps can share one Redis.
         ``EVENTSTREAM_URL_PREFIX`` (``"/stream"``)
             Where ``GET /stream?channel=...`` and ``GET /stream/<channel>`` live.
         ``EVENTSTREAM_DEFAULT_CHANNEL`` (``"sse"``)
@@ -161,10 +164,14 @@ class EventStream:
             config["EVENTSTREAM_CORS_ORIGINS"], config["EVENTSTREAM_CORS_CREDENTIALS"]
         )
         streams = StreamLimiter(config["EVENTSTREAM_MAX_STREAMS"])
+        broker_options: dict[str, Any] = {
+            "history": int(config["EVENTSTREAM_HISTORY"]),
+            "buffer": int(config["EVENTSTREAM_BUFFER"]),
+        }
+        if not config["EVENTSTREAM_BROKER_URL"].startswith("memory:"):
+            broker_options["key_prefix"] = config["EVENTSTREAM_REDIS_PREFIX"]
         broker = self._broker or brokers.from_url(
-            config["EVENTSTREAM_BROKER_URL"],
-            history=int(config["EVENTSTREAM_HISTORY"]),
-            buffer=int(config["EVENTSTREAM_BUFFER"]),
+            config["EVENTSTREAM_BROKER_URL"], **broker_options
         )
         app.extensions["eventstream"] = _State(
             broker=broker,

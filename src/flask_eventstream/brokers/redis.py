@@ -1,0 +1,618 @@
+"""The Redis broker: events shared by every worker process and machine through Redis.
+
+Works with Redis 6.2+ and Valkey (the same protocol). Selected by
+``EVENTSTREAM_BROKER_URL = "redis://host:6379/0"`` (also ``rediss://``, ``unix://``,
+``valkey://``, ``valkeys://``); needs ``pip install flask-eventstream[redis]``.
+
+How it works:
+
+- Each channel is one Redis Stream, ``<prefix>{<channel>}``. :meth:`RedisBroker.publish`
+  appends with ``XADD ... MAXLEN ~ history``, so Redis memory stays bounded. The event
+  id is the stream entry id (``1718000000000-0``), which increases across processes;
+  an id given to ``publish`` is stored in the entry and sent instead.
+- Per process, one listener thread (a greenlet under gevent) runs ``XREAD BLOCK`` on
+  the streams of every channel that has subscribers here, and hands each entry to the
+  local :class:`~.base.Fanout`. Publishing and replay share a pool of two connections.
+  So a process holds at most three Redis connections, however many browsers it serves.
+- The listener keeps, per channel, the id of the last entry it delivered (its
+  *cursor*). After a lost connection it reconnects with exponential backoff and
+  jitter and resumes ``XREAD`` from the cursors: nothing Redis accepted is lost.
+- Replay reads the stream backwards from the newest entry to the one the client
+  named, then registers the subscription with exactly the entries up to the
+  listener's cursor; the listener delivers the rest. No gap, no duplicate.
+
+Divergences from the memory broker, on purpose:
+
+- Ids are per stream. Two channels can hold the same entry id (same millisecond);
+  a multi-channel stream resumed from such an id skips the other channel's twin.
+- With ``MAXLEN ~`` Redis trims whole nodes, so *at least* ``history`` events are
+  kept per channel, sometimes more. ``history`` must be at least 1: the stream is
+  also how events travel.
+- A client that subscribes while Redis is down gets its stream (with the
+  ``eventstream-gap`` event if it asked to resume) and live events once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, NamedTuple, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+from redis.retry import Retry
+
+from ..event import Event
+from ..exceptions import BrokerError, BrokerUnavailable, InvalidEvent
+from .base import Broker, Fanout, Subscription
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "Redis cannot be reached or cannot take writes right now".
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+
+#: How long one XREAD blocks. Bounds how late a channel nobody listens to any more
+#: is dropped from the listener's XREAD; new channels wake it at once.
+_BLOCK_MS = 5000
+#: Entries one XREAD returns per stream; more are read by the next XREAD at once.
+_BATCH = 1000
+#: Reconnection backoff of the listener, in seconds: first step and cap.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_CAP = 5.0
+#: Seconds a publish or replay waits to connect, or for a pooled connection.
+_TIMEOUT = 5.0
+#: Connections for publish and replay (the listener has its own).
+_POOL_SIZE = 2
+
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+# Fields of a stream entry: data, event type, explicit id, retry.
+_DATA, _TYPE, _ID, _RETRY = b"d", b"e", b"i", b"r"
+
+#: A stream entry id as (milliseconds, sequence), so that ids compare correctly.
+EntryId = tuple[int, int]
+_ORIGIN: EntryId = (0, 0)
+
+
+#: A stream entry as redis-py returns it (``decode_responses=False``).
+_RawEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _raw(reply: Any) -> list[_RawEntry]:
+    """The entries of an XRANGE/XREVRANGE reply (redis-py types it loosely)."""
+    return cast("list[_RawEntry]", reply or [])
+
+
+class _Entry(NamedTuple):
+    id: EntryId
+    wire: bytes
+
+
+def _parse_id(raw: bytes | str) -> EntryId:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _format_id(entry_id: EntryId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def _redis_url(url: str) -> str:
+    """*url* with ``valkey://``/``valkeys://`` spelled as redis-py knows them."""
+    parts = urlsplit(url)
+    scheme = {"valkey": "redis", "valkeys": "rediss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
+class RedisBroker(Broker):
+    """Events in Redis Streams, fanned out in each process by one listener.
+
+    :param url: ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or
+        ``valkeys://`` URL, with database, user and password as redis-py reads them.
+    :param history: events kept per channel for replay (at least; see above).
+    :param buffer: events that may wait for one slow subscriber before it is cut off.
+    :param key_prefix: put before every key, so several apps can share one Redis.
+    :raises ValueError: for ``history`` below 1 or an unknown URL scheme.
+
+    Ownership: ``publish`` and replay run in the caller's thread on the pool; the
+    listener thread owns its connection; the fan-out and the channel cursors are
+    guarded by the fan-out's lock. The listener starts at the first subscription
+    (so a process that only publishes, or a pre-fork master, runs no thread).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history: int = 1000,
+        buffer: int = 1000,
+        key_prefix: str = "eventstream:",
+    ) -> None:
+        if history < 1:
+            raise ValueError(
+                f"history must be at least 1 for the Redis broker, got {history}"
+            )
+        url = _redis_url(url)
+        scheme = urlsplit(url).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"not a Redis URL: {url!r}")
+        self._history = history
+        self._prefix = key_prefix
+        token = uuid.uuid4().hex
+        #: ``CLIENT SETNAME`` of this broker's connections: host, pid, broker.
+        self.client_name = (
+            f"eventstream:{socket.gethostname()}:{os.getpid()}:{token[:8]}"
+        )
+        options: dict[str, Any] = {
+            "client_name": self.client_name,
+            "socket_connect_timeout": _TIMEOUT,
+            "socket_keepalive": True,
+        }
+        # One retry: a pooled connection found dead after a Redis restart is
+        # replaced at once instead of failing the first publish.
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=_POOL_SIZE,
+            timeout=_TIMEOUT,
+            socket_timeout=_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+            **options,
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        # The listener retries by itself, with backoff; XREAD BLOCK must not time out.
+        self._listen_pool = ConnectionPool.from_url(
+            url,
+            max_connections=1,
+            socket_timeout=_BLOCK_MS / 1000 + _TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+        self._listen = Redis(connection_pool=self._listen_pool)
+        location = self._pool.connection_kwargs
+        self._where = location.get("path") or (
+            f"{location.get('host', 'localhost')}:{location.get('port', 6379)}"
+        )
+        self._fanout = Fanout(buffer=buffer)
+        # Channel -> id of the last entry delivered here; None: not known yet (the
+        # channel was subscribed while Redis was down). Guarded by the fan-out lock.
+        self._cursors: dict[str, EntryId | None] = {}
+        # Written by a subscriber that adds a channel, so a blocked XREAD returns.
+        self._wake_key = f"{key_prefix}listener:{token}"
+        self._changed = threading.Event()
+        self._closing = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        history: int = 1000,
+        buffer: int = 1000,
+        key_prefix: str = "eventstream:",
+    ) -> RedisBroker:
+        """The broker for *url*; what ``EVENTSTREAM_BROKER_URL`` calls."""
+        return cls(url, history=history, buffer=buffer, key_prefix=key_prefix)
+
+    @property
+    def fanout(self) -> Fanout:
+        return self._fanout
+
+    def key(self, channel: str) -> str:
+        """The Redis key of *channel*'s stream: ``<prefix>{<channel>}``.
+
+        The braces are a hash tag: in a Redis Cluster the channel decides the slot.
+        """
+        return f"{self._prefix}{{{channel}}}"
+
+    # Publishing
+
+    def publish(self, channel: str, event: Event) -> Event:
+        """Append *event* to *channel*'s stream; every process's listener delivers it.
+
+        :return: the event with its id: the one given, or the stream entry id.
+        :raises BrokerUnavailable: Redis cannot be reached (or is read-only); the
+            event was not stored, so nobody receives it: retry or report.
+        :raises BrokerError: Redis refused the write for another reason.
+        """
+        fields: dict[Any, Any] = {_DATA: event.data.encode()}
+        if event.event is not None:
+            fields[_TYPE] = event.event
+        if event.id is not None:
+            fields[_ID] = event.id
+        if event.retry is not None:
+            fields[_RETRY] = str(event.retry)
+        try:
+            entry_id = self._redis.xadd(
+                self.key(channel), fields, maxlen=self._history, approximate=True
+            )
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self._where} is unavailable ({exc}); the event for "
+                f"channel {channel!r} was not published"
+            ) from exc
+        except RedisError as exc:
+            raise BrokerError(
+                f"Redis at {self._where} refused the event: {exc}"
+            ) from exc
+        if event.id is None:
+            event = replace(event, id=cast(bytes, entry_id).decode())
+        return event
+
+    # Subscribing
+
+    def subscribe(
+        self, channels: Sequence[str], *, last_event_id: str | None = None
+    ) -> Subscription:
+        """Subscribe to *channels*; replay what came after *last_event_id* first.
+
+        *last_event_id* may be a stream entry id (from any process) or an id given to
+        ``publish``. If it is no longer in the history (or never was), the
+        subscription's ``missed`` is true and it gets the whole retained history.
+        """
+        names = list(dict.fromkeys(channels))
+        self._ensure_listener()
+        try:
+            if last_event_id:
+                replay, missed = self._history_after(names, last_event_id)
+            else:
+                replay, missed = self._newest(names), False
+            return self._register(names, replay, missed)
+        except _UNAVAILABLE as exc:
+            logger.warning(
+                "Redis at %s is unavailable (%s): channels %s get live events only "
+                "once it is back",
+                self._where,
+                exc,
+                names,
+            )
+            return self._register_unknown(names, missed=bool(last_event_id))
+
+    def _newest(self, names: list[str]) -> dict[str, tuple[EntryId, list[_Entry]]]:
+        """For each channel: the id of its newest entry, and no backlog."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.xrevrange(self.key(name), count=1)
+        newest = pipe.execute()
+        return {
+            name: (_parse_id(found[0][0]) if found else _ORIGIN, [])
+            for name, found in zip(names, newest, strict=True)
+        }
+
+    def _history_after(
+        self, names: list[str], last_event_id: str
+    ) -> tuple[dict[str, tuple[EntryId, list[_Entry]]], bool]:
+        """For each channel: the newest entry id read and the entries after the one
+        *last_event_id* names, oldest first; and whether events may have been missed.
+        """
+        wanted = last_event_id.encode()
+        position = (
+            _parse_id(last_event_id) if _ENTRY_ID.fullmatch(last_event_id) else None
+        )
+        scans = {
+            name: self._scan_back(self.key(name), wanted, position) for name in names
+        }
+        if position is None:
+            # An explicit id names an entry of one channel; its entry id is the
+            # position in the others (entry ids are times on one Redis clock).
+            found = [at for at, _ in scans.values() if at is not None]
+            position = max(found) if found else None
+        missed = position is None
+        replay: dict[str, tuple[EntryId, list[_Entry]]] = {}
+        for name, (at, entries) in scans.items():
+            if position is not None:
+                if at is None and self._trimmed_after(self.key(name), position):
+                    missed = True
+                entries = [entry for entry in entries if entry.id > position]
+            newest = entries[-1].id if entries else (position or _ORIGIN)
+            replay[name] = (max(newest, at or _ORIGIN), entries)
+        return replay, missed
+
+    def _scan_back(
+        self, key: str, wanted: bytes, position: EntryId | None
+    ) -> tuple[EntryId | None, list[_Entry]]:
+        """Read *key* newest first down to the entry *wanted* names (its explicit id)
+        or to *position*; return where it stopped (``None``: not found, the whole
+        stream was read) and the entries above it, oldest first.
+        """
+        newer: list[_Entry] = []
+        upper: bytes | str = "+"
+        page = 64  # a client resuming usually missed a few events: one round trip
+        while True:
+            batch = _raw(self._redis.xrevrange(key, max=upper, min="-", count=page))
+            for raw_id, fields in batch:
+                entry_id = _parse_id(raw_id)
+                if fields.get(_ID) == wanted:
+                    newer.reverse()
+                    return entry_id, newer
+                if position is not None and entry_id <= position:
+                    newer.reverse()
+                    return position, newer
+                wire = self._encode(raw_id, fields)
+                if wire is not None:
+                    newer.append(_Entry(entry_id, wire))
+            if len(batch) < page:
+                newer.reverse()
+                return None, newer
+            upper = b"(" + batch[-1][0]
+            page = min(page * 4, 1024)
+
+    def _trimmed_after(self, key: str, position: EntryId) -> bool:
+        """Whether *key* dropped entries newer than *position* (trimmed history).
+
+        Trimming drops the oldest entries, so it did if entries were dropped at all
+        and the oldest one kept is newer than *position*. (It errs towards "yes"
+        when *position* is exactly the last entry dropped.)
+        """
+        try:
+            info = self._redis.xinfo_stream(key)
+        except ResponseError:  # no such key: nothing was ever dropped from it
+            return False
+        first = info.get("first-entry")
+        if not first or _parse_id(first[0]) <= position:
+            return False
+        added = info.get("entries-added")
+        if added is not None:  # Redis 7+
+            return int(added) > int(info.get("length", 0))
+        # Redis 6.2: MAXLEN only trims a stream that reached its length.
+        return int(info.get("length", 0)) >= self._history
+
+    def _register(
+        self,
+        names: list[str],
+        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        missed: bool,
+    ) -> Subscription:
+        """Register the subscription with its backlog, joined to the listener's cursors.
+
+        For a channel the listener already reads, the backlog stops at its cursor (the
+        listener delivers what follows); if the listener is ahead of what was read,
+        the gap is read first, outside the lock while that converges.
+        """
+        for attempt in range(4):
+            with self._fanout.lock:
+                live = set(self._fanout.channels())
+                behind = {
+                    name: cursor
+                    for name in names
+                    if name in live
+                    and (cursor := self._cursors.get(name)) is not None
+                    and cursor > replay[name][0]
+                }
+                if behind and attempt == 3:
+                    self._catch_up(replay, behind)  # rare: a busy channel, under lock
+                    behind = {}
+                if not behind:
+                    sub, added = self._register_locked(names, replay, missed, live)
+                    break
+            self._catch_up(replay, behind)
+        if added:
+            self._wake()
+        return sub
+
+    def _catch_up(
+        self,
+        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        behind: dict[str, EntryId],
+    ) -> None:
+        for name, cursor in behind.items():
+            upto, entries = replay[name]
+            batch = _raw(
+                self._redis.xrange(
+                    self.key(name), min=f"({_format_id(upto)}", max=_format_id(cursor)
+                )
+            )
+            for raw_id, fields in batch:
+                wire = self._encode(raw_id, fields)
+                if wire is not None:
+                    entries.append(_Entry(_parse_id(raw_id), wire))
+            replay[name] = (cursor, entries)
+
+    def _register_locked(
+        self,
+        names: list[str],
+        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        missed: bool,
+        live: set[str],
+    ) -> tuple[Subscription, bool]:
+        backlog: list[_Entry] = []
+        added = False
+        for name in names:
+            upto, entries = replay[name]
+            cursor = self._cursors.get(name) if name in live else None
+            if cursor is not None:
+                backlog.extend(entry for entry in entries if entry.id <= cursor)
+            else:
+                self._cursors[name] = upto
+                backlog.extend(entries)
+                added = True
+        backlog.sort()
+        sub = self._fanout.subscribe(
+            names, (entry.wire for entry in backlog), missed=missed
+        )
+        return sub, added
+
+    def _register_unknown(self, names: list[str], *, missed: bool) -> Subscription:
+        """Register without a position (Redis is down): the listener reads from the
+        newest entry once it reconnects."""
+        with self._fanout.lock:
+            live = set(self._fanout.channels())
+            for name in names:
+                if name not in live:
+                    self._cursors[name] = None
+            sub = self._fanout.subscribe(names, missed=missed)
+        self._changed.set()
+        return sub
+
+    def subscriber_count(self, channel: str | None = None) -> int:
+        return self._fanout.count(channel)
+
+    # The listener
+
+    def _ensure_listener(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closing.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="eventstream-redis-listener", daemon=True
+                )
+                self._thread.start()
+
+    def _wake(self) -> None:
+        """Make the listener re-read the channel set now (it may be in XREAD BLOCK)."""
+        self._changed.set()
+        try:
+            self._redis.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
+        except RedisError:
+            pass  # the listener is reconnecting; it reads the channel set first
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                self._listen_once()
+                failures = 0
+            except (RedisError, OSError) as exc:
+                if self._closing.is_set():
+                    break
+                failures += 1
+                step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
+                delay = step / 2 + random.uniform(0, step / 2)
+                logger.warning(
+                    "Redis listener lost %s (%s); reconnecting in %.2fs",
+                    self._where,
+                    exc,
+                    delay,
+                )
+                self._listen_pool.disconnect()
+                self._closing.wait(delay)
+            except Exception:
+                logger.exception("Redis listener failed; restarting it")
+                self._listen_pool.disconnect()
+                self._closing.wait(_BACKOFF_CAP)
+
+    def _listen_once(self) -> None:
+        """One XREAD over every channel with subscribers here, delivered in order."""
+        self._changed.clear()  # before the snapshot: a later change is not lost
+        with self._fanout.lock:
+            live = set(self._fanout.channels())
+            for name in [name for name in self._cursors if name not in live]:
+                del self._cursors[name]
+            snapshot = dict(self._cursors)
+        if not snapshot:
+            self._listen_pool.disconnect()  # idle: hold no connection
+            self._changed.wait()
+            return
+        unknown = [name for name, cursor in snapshot.items() if cursor is None]
+        if unknown:
+            self._resolve(unknown, snapshot)
+        by_key = {self.key(name).encode(): name for name in snapshot}
+        streams: dict[Any, Any] = {self._wake_key: "0-0"}
+        streams.update(
+            (self.key(name), _format_id(cursor or _ORIGIN))
+            for name, cursor in snapshot.items()
+        )
+        reply = cast(
+            "list[tuple[bytes, list[_RawEntry]]]",
+            self._listen.xread(streams, count=_BATCH, block=_BLOCK_MS) or [],
+        )
+        batch: list[tuple[EntryId, str, bytes]] = []
+        last: dict[str, EntryId] = {}
+        for raw_key, entries in reply:
+            channel = by_key.get(raw_key)
+            if channel is None:  # the wake-up key: consumed, so the next XREAD blocks
+                self._listen.delete(self._wake_key)
+                continue
+            for raw_id, fields in entries:
+                entry_id = last[channel] = _parse_id(raw_id)
+                wire = self._encode(raw_id, fields)
+                if wire is not None:
+                    batch.append((entry_id, channel, wire))
+        batch.sort(key=lambda item: (item[0], item[1]))
+        with self._fanout.lock:
+            live = set(self._fanout.channels())
+            # A channel whose cursor moved since the snapshot was dropped and
+            # subscribed again: the next XREAD reads it from its new cursor.
+            current = {
+                name
+                for name in last
+                if name in live and self._cursors.get(name) == snapshot[name]
+            }
+            for name in current:
+                self._cursors[name] = last[name]
+            for _, name, wire in batch:
+                if name in current:
+                    self._fanout.deliver(name, wire)
+
+    def _resolve(self, unknown: list[str], snapshot: dict[str, EntryId | None]) -> None:
+        """Give channels subscribed while Redis was down their newest entry id."""
+        pipe = self._listen.pipeline(transaction=False)
+        for name in unknown:
+            pipe.xrevrange(self.key(name), count=1)
+        newest = pipe.execute()
+        with self._fanout.lock:
+            for name, found in zip(unknown, newest, strict=True):
+                entry_id = _parse_id(found[0][0]) if found else _ORIGIN
+                if name in self._cursors and self._cursors[name] is None:
+                    self._cursors[name] = entry_id
+                snapshot[name] = self._cursors.get(name, entry_id)
+
+    def _encode(self, raw_id: bytes, fields: dict[bytes, bytes]) -> bytes | None:
+        """The wire form of a stream entry; ``None`` (logged) if it is not ours."""
+        explicit = fields.get(_ID)
+        retry = fields.get(_RETRY)
+        kind = fields.get(_TYPE)
+        try:
+            event = Event(
+                fields.get(_DATA, b"").decode(),
+                event=kind.decode() if kind is not None else None,
+                id=(explicit or raw_id).decode(),
+                retry=int(retry) if retry is not None else None,
+            )
+            return event.encode()
+        except (InvalidEvent, UnicodeDecodeError, ValueError):
+            logger.warning("skipping stream entry %r: not an event", raw_id)
+            return None
+
+    # Shutting down
+
+    def close(self) -> None:
+        """End every subscription, stop the listener, close the connections."""
+        self._closing.set()
+        self._changed.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            try:
+                self._redis.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
+            except RedisError:
+                pass
+            thread.join(timeout=_BLOCK_MS / 1000 + _TIMEOUT)
+            try:
+                self._redis.delete(self._wake_key)
+            except RedisError:
+                pass
+        self._fanout.end_all()
+        self._pool.disconnect()
+        self._listen_pool.disconnect()

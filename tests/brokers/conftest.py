@@ -1,0 +1,71 @@
+"""Broker fixtures: a real ``redis-server`` per session, and ``broker`` on both brokers.
+
+``broker`` (and the factory ``make_broker``) is parametrized over the memory and the
+Redis broker, so every contract test in ``test_contract.py`` runs on both. Each
+Redis broker gets its own key prefix, so tests never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_eventstream.brokers import Broker, MemoryBroker
+
+from .redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free port, killed at the end of the session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` for one test, which may kill and restart it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def redis_broker(url: str, **options: Any) -> Broker:
+    """A Redis broker with a key prefix of its own."""
+    from flask_eventstream.brokers.redis import RedisBroker
+
+    options.setdefault("key_prefix", f"test-{uuid.uuid4().hex[:12]}:")
+    return RedisBroker.from_url(url, **options)
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis)],
+)
+def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker]]:
+    """Makes brokers of the parametrized kind (``history=``, ``buffer=``); closes them."""
+    made: list[Broker] = []
+
+    def make(**options: Any) -> Broker:
+        if request.param == "memory":
+            broker: Broker = MemoryBroker(**options)
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            broker = redis_broker(server.url, **options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker()
