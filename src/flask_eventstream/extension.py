@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .channels import validate_channel
 from .cors import CorsPolicy
 from .event import Event, encode_comment
 from .exceptions import InvalidEvent
+from .signals import event_published, subscriber_dropped
 from .stream import SourceStream, event_from_item
 from .views import GAP_EVENT, StreamLimiter, event_stream_response, subscribe_response
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["GAP_EVENT", "EventStream"]
+
+logger = logging.getLogger(__name__)
 
 _A = TypeVar("_A", bound=Authorizer)
 
@@ -49,6 +53,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_TOKEN_MAX_AGE": 3600,
     "EVENTSTREAM_CORS_ORIGINS": None,
     "EVENTSTREAM_CORS_CREDENTIALS": False,
+    "EVENTSTREAM_METRICS": False,
 }
 
 
@@ -147,6 +152,9 @@ class EventStream:
             ``"https://host[:port]"``, or ``"*"``; ``None`` sends no CORS headers.
         ``EVENTSTREAM_CORS_CREDENTIALS`` (``False``)
             Allow ``withCredentials`` (cookies) for those origins; never with ``"*"``.
+        ``EVENTSTREAM_METRICS`` (``False``)
+            Count streams and events in Prometheus metrics
+            (:func:`flask_eventstream.metrics.install`; needs the ``metrics`` extra).
 
         :raises RuntimeError: if *app* is already set up by an ``EventStream``.
         :raises ValueError: for a CORS setting that cannot be safe (``"*"`` with
@@ -185,6 +193,11 @@ class EventStream:
             require_token=bool(config["EVENTSTREAM_REQUIRE_TOKEN"]),
             token_max_age=int(config["EVENTSTREAM_TOKEN_MAX_AGE"]),
         )
+        _report_drops(app, broker)
+        if config["EVENTSTREAM_METRICS"]:
+            from .metrics import install
+
+            install(app)
         blueprint = Blueprint("eventstream", __name__)
         blueprint.add_url_rule("", "stream", self._subscribe_view)
         blueprint.add_url_rule("/<channel>", "stream", self._subscribe_view)
@@ -240,7 +253,10 @@ class EventStream:
                 f"event is {size} bytes encoded; EVENTSTREAM_MAX_EVENT_SIZE allows "
                 f"{state.max_event_size}",
             )
-        return state.broker.publish(name, sse)
+        sent = state.broker.publish(name, sse)
+        logger.debug("published event %s to channel %r", sent.id, name)
+        event_published.send(app, channel=name, event=sent)
+        return sent
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Live subscribers in this process, on *channel* or on all channels."""
@@ -384,6 +400,24 @@ def _state(app: Flask) -> _State:
             "EventStream(app) or events.init_app(app) first"
         ) from None
     return state
+
+
+def _report_drops(app: Flask, broker: brokers.Broker) -> None:
+    """Send :data:`~.signals.subscriber_dropped` for subscribers cut off as too slow."""
+    fanout = getattr(broker, "fanout", None)
+    if not isinstance(fanout, brokers.Fanout) or fanout.on_drop is not None:
+        return  # a broker without a local fan-out, or one another app watches
+
+    def dropped(subscription: brokers.Subscription) -> None:
+        logger.warning(
+            "dropped a subscriber of %s: more than %d events behind; it will "
+            "reconnect and replay",
+            ", ".join(subscription.channels),
+            fanout.buffer,
+        )
+        subscriber_dropped.send(app, channels=subscription.channels)
+
+    fanout.on_drop = dropped
 
 
 def _calls(function: Callable[[], Any], limit: int | None) -> Iterator[Any]:

@@ -10,7 +10,7 @@ holds its maximum of open streams. Browsers do not reconnect after any of these
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from flask import Response, request
@@ -19,6 +19,7 @@ from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
 from .channels import validate_channel
 from .event import Event
 from .exceptions import InvalidChannel, InvalidLastEventId
+from .signals import stream_closed, stream_opened
 from .stream import SubscriptionStream
 
 if TYPE_CHECKING:
@@ -90,7 +91,17 @@ def subscribe_response(
     body = SubscriptionStream(
         subscription, heartbeat=state.heartbeat, preamble=preamble
     )
-    return event_stream_response(CountedBody(body, state.streams))
+    stream_opened.send(
+        app,
+        channels=subscription.channels,
+        last_event_id=last_event_id,
+        missed=subscription.missed,
+    )
+
+    def closed() -> None:
+        stream_closed.send(app, channels=subscription.channels)
+
+    return event_stream_response(CountedBody(body, state.streams, on_close=closed))
 
 
 def event_stream_response(body: Iterable[bytes]) -> Response:
@@ -145,12 +156,19 @@ class CountedBody:
     is gone or the stream ended (PEP 3333), exactly once slot release included.
     """
 
-    __slots__ = ("_body", "_limiter", "_closed")
+    __slots__ = ("_body", "_limiter", "_closed", "_on_close")
 
-    def __init__(self, body: Iterable[bytes], limiter: StreamLimiter) -> None:
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        limiter: StreamLimiter,
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._body = body
         self._limiter = limiter
         self._closed = False
+        self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
@@ -165,6 +183,8 @@ class CountedBody:
                 close()
         finally:
             self._limiter.release()
+            if self._on_close is not None:
+                self._on_close()
 
 
 def plain_response(
