@@ -127,7 +127,12 @@ class EventParser:
                 self._id_buffer = value
         elif name == "retry":
             if value.isascii() and value.isdigit():  # F17: ASCII digits only
-                self.retry = int(value)
+                try:
+                    self.retry = int(value.lstrip("0") or "0")
+                except ValueError:
+                    # Over Python's int() digit limit (4300): no usable delay, so
+                    # ignored, as Blink ignores a value that overflows 64 bits.
+                    pass
         return None  # F18: other fields are ignored
 
     def _dispatch(self) -> Event | None:
