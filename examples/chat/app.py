@@ -30,17 +30,23 @@ def index() -> str:
     return render_template("chat.html", user=session.get("user", "anonymous"))
 
 
+def _cross_origin() -> bool:
+    """Whether the browser says another site sent this form (it sends ``Origin``)."""
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != request.host_url.rstrip("/")
+
+
 @app.post("/login")
-def login() -> Response:
+def login() -> Response | tuple[str, int]:
+    if _cross_origin():  # else any site could rename our users
+        return "cross-origin post refused", 403
     session["user"] = request.form.get("user", "").strip()[:40] or "anonymous"
     return redirect(url_for("index"))
 
 
 @app.post("/post")
 def post() -> tuple[str, int]:
-    # Same-origin check: the form is posted by our own page (fetch sends Origin).
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != request.host_url.rstrip("/"):
+    if _cross_origin():  # the form is posted by our own page, never by another
         return "cross-origin post refused", 403
     message = request.form.get("message", "")
     if not message.strip():

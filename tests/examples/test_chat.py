@@ -79,6 +79,16 @@ class TestPost:
         )
         assert allowed.status_code == 204
 
+    def test_cross_origin_login_is_refused(
+        self, example: Callable[..., ModuleType]
+    ) -> None:
+        client = example("chat").app.test_client()
+        refused = client.post(
+            "/login", data={"user": "eve"}, headers={"Origin": "http://evil.example"}
+        )
+        assert refused.status_code == 403
+        assert 'value="anonymous"' in client.get("/").text
+
     def test_empty_or_overlong_messages_are_refused(
         self, example: Callable[..., ModuleType]
     ) -> None:
