@@ -343,3 +343,24 @@ class TestStreamUrl:
         with app.app_context():
             events.publish("headline", channel="news")
         assert [e.data for e in client.read_events(1)] == ["headline"]
+
+
+class TestIsolationOverHttp:
+    def test_replay_and_multi_channel_streams_hold_only_their_channels(
+        self, app: Flask, events: EventStream, live: str, open_stream: OpenStream
+    ) -> None:
+        with app.app_context():
+            start = events.publish("start", channel="a")
+            for channel in ("b", "a", "private", "c", "b"):
+                events.publish(f"{channel} event", channel=channel)
+        assert start.id is not None
+        client = open_stream(
+            f"{live}/stream?channel=a&channel=b",
+            headers={"Last-Event-ID": start.id},
+        )
+        wait_for(lambda: subscribers(app, events) == 1)
+        with app.app_context():
+            events.publish("live private", channel="private")
+            events.publish("live a", channel="a")
+        got = [e.data for e in client.read_events(4)]
+        assert got == ["b event", "a event", "b event", "live a"]
