@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test install install-test system-deps check bench bench-full docs clean
+.PHONY: demo test install install-test install-bench system-deps check bench bench-full docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ check: install-test
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/mypy
+
+install-bench: $(BIN)/python system-deps
+	$(PIP) install -e '.[redis,gevent]' --group bench
+
+## make bench: quick benchmarks vs Flask-SSE and sse-starlette (a few minutes);
+## writes benchmarks/results/<date>-quick.md and .png
+bench: install-bench
+	$(BIN)/python -m benchmarks.run --quick
+
+## make bench-full: the sizes of issue 5 (10,000 streams, 1,000 x 200 fan-out)
+bench-full: install-bench
+	$(BIN)/python -m benchmarks.run --full
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -13,19 +13,44 @@ subscription has exactly one reader, the response that streams it.
 from __future__ import annotations
 
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from ..event import Event, encode_comment
 
-__all__ = ["Broker", "Fanout", "Subscription"]
+__all__ = ["Broker", "Fanout", "Subscription", "end_all_streams"]
 
 #: Written to a subscriber that fell too far behind, just before its stream ends.
 TOO_SLOW = encode_comment(
     "eventstream: this client fell too far behind and is disconnected; "
     "reconnect with Last-Event-ID to resume"
 )
+
+#: Written to every subscriber when the process shuts down (:func:`end_all_streams`).
+SHUTTING_DOWN = encode_comment(
+    "eventstream: this server is shutting down; reconnect with Last-Event-ID"
+)
+
+# Every fan-out of this process, so that a shutdown hook (a signal handler, which
+# knows no app) can end all open streams. Weak: it keeps no broker alive and holds
+# no state a test would have to reset.
+_fanouts: weakref.WeakSet[Fanout] = weakref.WeakSet()
+
+
+def end_all_streams(last: bytes = SHUTTING_DOWN) -> int:
+    """End every open stream of this process, writing *last* to each; refuse new ones.
+
+    For a worker that is asked to stop (SIGTERM): each response then ends its body
+    cleanly, so browsers reconnect (to another worker) and resume with
+    ``Last-Event-ID`` (S11), instead of holding the worker until its graceful
+    timeout and being cut off. Subscriptions made afterwards end at once.
+    :mod:`flask_eventstream.gunicorn` calls it on SIGTERM.
+
+    :return: how many subscriptions were ended.
+    """
+    return sum(fanout.end_all(last, close=True) for fanout in list(_fanouts))
 
 
 class Subscription:
@@ -125,6 +150,8 @@ class Fanout:
         self.buffer = buffer
         self.on_drop = on_drop
         self._by_channel: dict[str, set[Subscription]] = {}
+        self._closed = False
+        _fanouts.add(self)
 
     def subscribe(
         self,
@@ -139,6 +166,9 @@ class Fanout:
             sub._pending.append(chunk)
         if sub._pending:
             sub._wakeup.release()
+        if self._closed:  # shutting down: replay the backlog, then end
+            sub._end(SHUTTING_DOWN)
+            return sub
         for channel in sub.channels:
             self._by_channel.setdefault(channel, set()).add(sub)
         return sub
@@ -161,13 +191,19 @@ class Fanout:
             if not sub._ended:
                 sub._end()
 
-    def end_all(self, last: bytes = b"") -> None:
-        """End every subscription (shutdown), writing *last* to each. Takes the lock."""
+    def end_all(self, last: bytes = b"", *, close: bool = False) -> int:
+        """End every subscription, writing *last* to each. Takes the lock.
+
+        :param close: also end every later subscription at once (shutdown).
+        :return: how many subscriptions were ended.
+        """
         with self.lock:
+            self._closed = self._closed or close
             subs = {sub for group in self._by_channel.values() for sub in group}
             self._by_channel.clear()
             for sub in subs:
                 sub._end(last)
+            return len(subs)
 
     def channels(self) -> list[str]:
         """Channels with at least one subscriber here. Call under the lock."""

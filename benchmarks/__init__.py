@@ -1,0 +1,1 @@
+"""Benchmarks of flask-eventstream against Flask-SSE and sse-starlette (not tests)."""

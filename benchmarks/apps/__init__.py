@@ -1,0 +1,1 @@
+"""The apps under test; each serves the same four endpoints (see ``_ticks.py``)."""

@@ -1,0 +1,251 @@
+"""The load generator: many event-stream clients on raw asyncio sockets, no browser.
+
+Each client process (see :func:`run_streams` and :func:`run_churn`) runs one
+asyncio loop. Requests are HTTP/1.0, so every server answers with a plain body
+(no chunked framing to decode) and closes at the end: the cheapest client, the
+same for every server under test. Events carry ``{"seq": i, "t": ns}`` (see
+``apps/_ticks.py``): the client checks that each stream sees ``seq`` 0, 1, 2, ...
+exactly once, in order, and records ``receive time - t`` as the latency.
+
+Processes talk to the driver (``run.py``) over a :mod:`multiprocessing` pipe:
+``("ready", opened, failed)`` once every stream sent its request, then
+``("done", summary)``; the driver may send ``"stop"`` to end the wait early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+@dataclass
+class StreamPlan:
+    """What one client process does: open *conns* streams, wait for *expect* events."""
+
+    host: str
+    port: int
+    path: str
+    conns: int
+    expect: int
+    stalled: int = 0  # of the conns, how many never read (and have a tiny buffer)
+    connect_concurrency: int = 256
+
+
+@dataclass
+class StreamSummary:
+    opened: int = 0
+    failed: int = 0
+    complete: int = 0  # streams that got seq 0..expect-1 exactly once, in order
+    disordered: int = 0  # streams that saw a duplicate, a gap or a reordering
+    deliveries: int = 0
+    latencies: bytes = b""  # array("q") of ns
+    last_receive: int = 0
+    stalled_closed_by_server: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _request(host: str, path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+
+
+def _decode(raw: bytes) -> tuple[int, int]:
+    value: Any = json.loads(raw)
+    if isinstance(value, str):  # Flask-SSE JSON-encodes our JSON string again
+        value = json.loads(value)
+    return int(value["seq"]), int(value["t"])
+
+
+class _Reader:
+    """Splits a body into events and checks their sequence numbers."""
+
+    __slots__ = ("buffer", "next_seq", "ok", "count", "in_head")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.next_seq = 0
+        self.ok = True
+        self.count = 0
+        self.in_head = True
+
+    def feed(self, data: bytes, now: int, latencies: array[int]) -> None:
+        buffer = (self.buffer + data).replace(b"\r\n", b"\n")
+        if self.in_head:
+            head, sep, rest = buffer.partition(b"\n\n")
+            if not sep:
+                self.buffer = buffer
+                return
+            if not head.split(b" ", 2)[1].startswith(b"200"):
+                raise ConnectionError(head.split(b"\n", 1)[0].decode())
+            self.in_head = False
+            buffer = rest
+        *blocks, self.buffer = buffer.split(b"\n\n")
+        for block in blocks:
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    seq, sent = _decode(line[6:] if line[5:6] == b" " else line[5:])
+                    latencies.append(now - sent)
+                    if seq != self.next_seq:
+                        self.ok = False
+                    self.next_seq = seq + 1
+                    self.count += 1
+                    break
+
+
+async def _open(plan: StreamPlan, stalled: bool) -> tuple[asyncio.StreamReader, Any]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if stalled:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (plan.host, plan.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    writer.write(_request(plan.host, plan.path))
+    return reader, writer
+
+
+async def _streams(plan: StreamPlan, pipe: Connection) -> StreamSummary:
+    summary = StreamSummary()
+    latencies: array[int] = array("q")
+    gate = asyncio.Semaphore(plan.connect_concurrency)
+    stop = asyncio.Event()
+    writers: list[Any] = []
+    readers: list[_Reader] = []
+
+    async def one(index: int) -> None:
+        stalled = index < plan.stalled
+        async with gate:
+            try:
+                reader, writer = await _open(plan, stalled)
+            except OSError as exc:
+                summary.failed += 1
+                if len(summary.errors) < 5:
+                    summary.errors.append(repr(exc))
+                return
+        summary.opened += 1
+        writers.append(writer)
+        if stalled:
+            await stop.wait()
+            summary.stalled_closed_by_server += reader.at_eof()
+            return
+        state = _Reader()
+        readers.append(state)
+        try:
+            while state.count < plan.expect:
+                data = await reader.read(1 << 18)
+                if not data:
+                    break
+                now = time.time_ns()
+                state.feed(data, now, latencies)
+                summary.last_receive = now
+        except (OSError, ConnectionError, ValueError) as exc:
+            if len(summary.errors) < 5:
+                summary.errors.append(repr(exc))
+
+    tasks = [asyncio.create_task(one(i)) for i in range(plan.conns)]
+    loop = asyncio.get_running_loop()
+    # "ready" once every connection was attempted and its request written.
+    while summary.opened + summary.failed < plan.conns:
+        await asyncio.sleep(0.05)
+    pipe.send(("ready", summary.opened, summary.failed))
+    stopper = loop.run_in_executor(None, pipe.recv)
+    readers_done = asyncio.gather(*tasks[plan.stalled :])
+    await asyncio.wait([stopper, readers_done], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for writer in writers:
+        writer.close()
+    for state in readers:
+        summary.deliveries += state.count
+        if not state.ok:
+            summary.disordered += 1
+        elif state.count == plan.expect:
+            summary.complete += 1
+    summary.latencies = latencies.tobytes()
+    if not stopper.done():
+        pipe.send(("done", summary))
+        await stopper  # the driver always sends "stop" eventually
+    else:
+        pipe.send(("done", summary))
+    return summary
+
+
+def run_streams(plan: StreamPlan, pipe: Connection) -> None:
+    """Process entry point: hold *plan.conns* streams, report over *pipe*."""
+    asyncio.run(_streams(plan, pipe))
+
+
+@dataclass
+class ChurnPlan:
+    """Open *total* short connections, *concurrency* at a time; each reads one event."""
+
+    host: str
+    port: int
+    path: str
+    total: int
+    concurrency: int
+
+
+@dataclass
+class ChurnSummary:
+    ok: int = 0
+    failed: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _has_event(data: bytes) -> bool:
+    start = data.find(b"data:")
+    return start >= 0 and (
+        data.find(b"\n\n", start) >= 0 or data.find(b"\r\n\r\n", start) >= 0
+    )
+
+
+async def _churn(plan: ChurnPlan) -> ChurnSummary:
+    summary = ChurnSummary(started=time.time())
+    left = plan.total
+    request = _request(plan.host, plan.path)
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(plan.host, plan.port), 10
+                )
+                try:
+                    writer.write(request)
+                    data = b""
+                    # Headers, then one whole event with data: the stream is live.
+                    while not _has_event(data):
+                        chunk = await asyncio.wait_for(reader.read(65536), 10)
+                        if not chunk:
+                            raise ConnectionError("closed before an event")
+                        data += chunk
+                    summary.ok += 1
+                finally:
+                    writer.close()
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                summary.failed += 1
+                if len(summary.errors) < 5:
+                    summary.errors.append(repr(exc))
+
+    await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+    summary.finished = time.time()
+    return summary
+
+
+def run_churn(plan: ChurnPlan, pipe: Connection) -> None:
+    """Process entry point: run the churn, send ``("done", summary)``."""
+    pipe.send(("done", asyncio.run(_churn(plan))))

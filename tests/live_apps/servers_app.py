@@ -1,0 +1,45 @@
+"""A small app for tests that run it under a real server process (gunicorn, nginx).
+
+Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15) and
+``EVENTSTREAM_BROKER_URL`` (default ``memory://``).
+
+- ``GET /stream?channel=...``: the extension's stream endpoint;
+- ``POST /publish?channel=...``: publishes the request body as the data of an event,
+  answers its id;
+- ``GET /count``: ``events.subscriber_count()``;
+- ``GET /fds``: how many file descriptors this worker process has open.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, request
+
+from flask_eventstream import EventStream
+
+app = Flask(__name__)
+app.config["EVENTSTREAM_HEARTBEAT"] = float(
+    os.environ.get("EVENTSTREAM_HEARTBEAT", "15")
+)
+app.config["EVENTSTREAM_BROKER_URL"] = os.environ.get(
+    "EVENTSTREAM_BROKER_URL", "memory://"
+)
+events = EventStream(app)
+
+
+@app.post("/publish")
+def publish() -> str:
+    channel = request.args.get("channel", "sse")
+    sent = events.publish(request.get_data(as_text=True), channel=channel)
+    return sent.id or ""
+
+
+@app.get("/count")
+def count() -> str:
+    return str(events.subscriber_count())
+
+
+@app.get("/fds")
+def fds() -> str:
+    return str(len(os.listdir("/proc/self/fd")))
