@@ -54,6 +54,13 @@ class TestInitApp:
         with pytest.raises(ValueError, match="unsupported EVENTSTREAM_BROKER_URL"):
             EventStream(app)
 
+    @pytest.mark.parametrize("value", [1.5, "500", -1, True])
+    def test_bad_retry_config_is_refused(self, value: object) -> None:
+        app = Flask(__name__)
+        app.config["EVENTSTREAM_RETRY"] = value
+        with pytest.raises(InvalidEvent, match="retry"):
+            EventStream(app)
+
     def test_two_apps_have_separate_brokers(self) -> None:
         events = EventStream()
         one, two = Flask("one"), Flask("two")

@@ -121,7 +121,9 @@ class EventStream:
         ``EVENTSTREAM_REDIS_PREFIX`` (``"eventstream:"``)
             Put before every Redis key, so several apps can share one Redis.
         ``EVENTSTREAM_URL_PREFIX`` (``"/stream"``)
-            Where ``GET /stream?channel=...`` and ``GET /stream/<channel>`` live.
+            Where ``GET /stream?channel=...`` and ``GET /stream/<channel>`` live;
+            ``None`` registers no endpoint (an app that only publishes, or the
+            Flask-SSE blueprint of :mod:`flask_eventstream.compat`).
         ``EVENTSTREAM_DEFAULT_CHANNEL`` (``"sse"``)
             The channel of a request that names none, and of ``publish()``.
         ``EVENTSTREAM_HEARTBEAT`` (``15.0``)
@@ -185,7 +187,7 @@ class EventStream:
             broker=broker,
             heartbeat=float(config["EVENTSTREAM_HEARTBEAT"]),
             default_channel=validate_channel(config["EVENTSTREAM_DEFAULT_CHANNEL"]),
-            retry=config["EVENTSTREAM_RETRY"],
+            retry=_checked_retry(config["EVENTSTREAM_RETRY"]),
             max_event_size=int(config["EVENTSTREAM_MAX_EVENT_SIZE"]),
             max_channels=int(config["EVENTSTREAM_MAX_CHANNELS"]),
             max_last_event_id=int(config["EVENTSTREAM_MAX_LAST_EVENT_ID"]),
@@ -204,7 +206,8 @@ class EventStream:
         if cors is not None:
             blueprint.after_request(cors.apply)
         prefix = self._url_prefix or config["EVENTSTREAM_URL_PREFIX"]
-        app.register_blueprint(blueprint, url_prefix=prefix)
+        if prefix is not None:
+            app.register_blueprint(blueprint, url_prefix=prefix)
         self._apps.add(app)
 
     # Publishing
@@ -389,6 +392,13 @@ class EventStream:
             "no application context: this EventStream serves "
             f"{len(apps)} apps, so say which one with 'with app.app_context():'"
         )
+
+
+def _checked_retry(value: Any) -> int | None:
+    """``EVENTSTREAM_RETRY`` checked as ``Event`` checks ``retry`` (S8)."""
+    if value is not None:
+        Event(retry=value)
+    return value  # type: ignore[no-any-return]
 
 
 def _state(app: Flask) -> _State:
