@@ -16,6 +16,7 @@ import pytest
 
 from flask_eventstream.brokers import Broker, MemoryBroker
 
+from ..conftest import missing
 from .redis_server import RedisServer
 
 
@@ -39,7 +40,11 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def redis_broker(url: str, **options: Any) -> Broker:
     """A Redis broker with a key prefix of its own."""
-    from flask_eventstream.brokers.redis import RedisBroker
+    try:
+        from flask_eventstream.brokers.redis import RedisBroker
+    except ImportError:
+        missing("the redis package (pip install flask-eventstream[redis])")
+        raise
 
     options.setdefault("key_prefix", f"test-{uuid.uuid4().hex[:12]}:")
     return RedisBroker.from_url(url, **options)
@@ -49,7 +54,7 @@ def redis_broker(url: str, **options: Any) -> Broker:
     params=["memory", pytest.param("redis", marks=pytest.mark.redis)],
 )
 def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker]]:
-    """Makes brokers of the parametrized kind (``history=``, ``buffer=``); closes them."""
+    """Makes brokers of the parametrized kind (``history=``, ``buffer=``)."""
     made: list[Broker] = []
 
     def make(**options: Any) -> Broker:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,3 +108,27 @@ class RedisServer:
                 for entry in client.client_list()
                 if entry.get("name", "").startswith(name_prefix)
             ]
+
+
+_PUBLISH = """
+import sys
+from flask_eventstream import Event
+from flask_eventstream.brokers.redis import RedisBroker
+
+url, prefix, channel, data = sys.argv[1:]
+with RedisBroker.from_url(url, key_prefix=prefix) as broker:
+    print(broker.publish(channel, Event(data)).id)
+"""
+
+
+def publish_from_subprocess(url: str, prefix: str, channel: str, data: str) -> str:
+    """Publish one event from a separate Python process; return its id."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PUBLISH, url, prefix, channel, data],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

@@ -40,11 +40,12 @@ import random
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import NoBackoff
@@ -90,6 +91,34 @@ _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 # Fields of a stream entry: data, event type, explicit id, retry.
 _DATA, _TYPE, _ID, _RETRY = b"d", b"e", b"i", b"r"
 
+#: XADD with an id unique across all channels, not only within one stream: the
+#: Redis clock in ms and a sequence number, both taken from the last id given out
+#: (KEYS[2]) so they never go back. Then a multi-channel stream resumed from one
+#: channel's id cannot skip another channel's entry that got the same id. An id
+#: refused (a stream written by something else) falls back to the stream's own.
+#: KEYS: stream, last-id key; ARGV: maxlen, field, value, ...
+_XADD = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local seq = 0
+local last = redis.call('GET', KEYS[2])
+if last then
+    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+    if last_ms and ms <= tonumber(last_ms) then
+        ms = tonumber(last_ms)
+        seq = tonumber(last_seq) + 1
+    end
+end
+local id = string.format('%.0f-%.0f', ms, seq)
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 2))
+if type(added) == 'table' and added.err then
+    added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+end
+redis.call('SET', KEYS[2], added)
+return added
+"""
+
 #: A stream entry id as (milliseconds, sequence), so that ids compare correctly.
 EntryId = tuple[int, int]
 _ORIGIN: EntryId = (0, 0)
@@ -121,9 +150,9 @@ def _format_id(entry_id: EntryId) -> str:
 
 def _redis_url(url: str) -> str:
     """*url* with ``valkey://``/``valkeys://`` spelled as redis-py knows them."""
-    parts = urlsplit(url)
-    scheme = {"valkey": "redis", "valkeys": "rediss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit(parts._replace(scheme=scheme))
+    scheme, sep, rest = url.partition("://")
+    scheme = {"valkey": "redis", "valkeys": "rediss"}.get(scheme.lower(), scheme)
+    return f"{scheme}{sep}{rest}"
 
 
 class RedisBroker(Broker):
@@ -168,8 +197,9 @@ class RedisBroker(Broker):
         options: dict[str, Any] = {
             "client_name": self.client_name,
             "socket_connect_timeout": _TIMEOUT,
-            "socket_keepalive": True,
         }
+        if scheme != "unix":  # notice a Redis host that vanished without a reset
+            options["socket_keepalive"] = True
         # One retry: a pooled connection found dead after a Redis restart is
         # replaced at once instead of failing the first publish.
         self._pool = BlockingConnectionPool.from_url(
@@ -195,9 +225,16 @@ class RedisBroker(Broker):
             f"{location.get('host', 'localhost')}:{location.get('port', 6379)}"
         )
         self._fanout = Fanout(buffer=buffer)
-        # Channel -> id of the last entry delivered here; None: not known yet (the
-        # channel was subscribed while Redis was down). Guarded by the fan-out lock.
-        self._cursors: dict[str, EntryId | None] = {}
+        # Channel -> id of the last entry delivered here. Guarded by the fan-out lock.
+        self._cursors: dict[str, EntryId] = {}
+        # The newest entry id seen from Redis: where a channel subscribed while Redis
+        # is down starts. Written by any thread; a stale value only costs events
+        # that came just before the subscription.
+        self._clock: EntryId = (time.time_ns() // 1_000_000, 0)
+        # The newest entry id given out, by any process: keeps ids unique across
+        # channels (see _XADD).
+        self._last_id_key = f"{key_prefix}last-id"
+        self._xadd = self._redis.register_script(_XADD)
         # Written by a subscriber that adds a channel, so a blocked XREAD returns.
         self._wake_key = f"{key_prefix}listener:{token}"
         self._changed = threading.Event()
@@ -238,16 +275,18 @@ class RedisBroker(Broker):
             event was not stored, so nobody receives it: retry or report.
         :raises BrokerError: Redis refused the write for another reason.
         """
-        fields: dict[Any, Any] = {_DATA: event.data.encode()}
+        fields: list[bytes | str] = [_DATA, event.data.encode()]
         if event.event is not None:
-            fields[_TYPE] = event.event
+            fields += [_TYPE, event.event]
         if event.id is not None:
-            fields[_ID] = event.id
+            fields += [_ID, event.id]
         if event.retry is not None:
-            fields[_RETRY] = str(event.retry)
+            fields += [_RETRY, str(event.retry)]
         try:
-            entry_id = self._redis.xadd(
-                self.key(channel), fields, maxlen=self._history, approximate=True
+            entry_id = self._xadd(
+                keys=[self.key(channel), self._last_id_key],
+                args=[self._history, *fields],
+                client=self._redis,
             )
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(
@@ -258,6 +297,7 @@ class RedisBroker(Broker):
             raise BrokerError(
                 f"Redis at {self._where} refused the event: {exc}"
             ) from exc
+        self._seen(_parse_id(cast(bytes, entry_id)))
         if event.id is None:
             event = replace(event, id=cast(bytes, entry_id).decode())
         return event
@@ -399,7 +439,7 @@ class RedisBroker(Broker):
                     name: cursor
                     for name in names
                     if name in live
-                    and (cursor := self._cursors.get(name)) is not None
+                    and (cursor := self._cursors[name])
                     and cursor > replay[name][0]
                 }
                 if behind and attempt == 3:
@@ -442,29 +482,30 @@ class RedisBroker(Broker):
         added = False
         for name in names:
             upto, entries = replay[name]
-            cursor = self._cursors.get(name) if name in live else None
-            if cursor is not None:
+            if name in live:
+                cursor = self._cursors[name]
                 backlog.extend(entry for entry in entries if entry.id <= cursor)
             else:
                 self._cursors[name] = upto
                 backlog.extend(entries)
                 added = True
         backlog.sort()
+        self._seen(max((upto for upto, _ in replay.values()), default=_ORIGIN))
         sub = self._fanout.subscribe(
             names, (entry.wire for entry in backlog), missed=missed
         )
         return sub, added
 
     def _register_unknown(self, names: list[str], *, missed: bool) -> Subscription:
-        """Register without a position (Redis is down): the listener reads from the
-        newest entry once it reconnects."""
+        """Register without reading Redis (it is down): new channels start at the
+        newest entry id this broker has seen, or at this host's clock."""
         with self._fanout.lock:
             live = set(self._fanout.channels())
             for name in names:
                 if name not in live:
-                    self._cursors[name] = None
+                    self._cursors[name] = self._clock
             sub = self._fanout.subscribe(names, missed=missed)
-        self._changed.set()
+        self._wake()
         return sub
 
     def subscriber_count(self, channel: str | None = None) -> int:
@@ -525,14 +566,10 @@ class RedisBroker(Broker):
             self._listen_pool.disconnect()  # idle: hold no connection
             self._changed.wait()
             return
-        unknown = [name for name, cursor in snapshot.items() if cursor is None]
-        if unknown:
-            self._resolve(unknown, snapshot)
         by_key = {self.key(name).encode(): name for name in snapshot}
         streams: dict[Any, Any] = {self._wake_key: "0-0"}
         streams.update(
-            (self.key(name), _format_id(cursor or _ORIGIN))
-            for name, cursor in snapshot.items()
+            (self.key(name), _format_id(cursor)) for name, cursor in snapshot.items()
         )
         reply = cast(
             "list[tuple[bytes, list[_RawEntry]]]",
@@ -562,22 +599,13 @@ class RedisBroker(Broker):
             }
             for name in current:
                 self._cursors[name] = last[name]
+                self._seen(last[name])
             for _, name, wire in batch:
                 if name in current:
                     self._fanout.deliver(name, wire)
 
-    def _resolve(self, unknown: list[str], snapshot: dict[str, EntryId | None]) -> None:
-        """Give channels subscribed while Redis was down their newest entry id."""
-        pipe = self._listen.pipeline(transaction=False)
-        for name in unknown:
-            pipe.xrevrange(self.key(name), count=1)
-        newest = pipe.execute()
-        with self._fanout.lock:
-            for name, found in zip(unknown, newest, strict=True):
-                entry_id = _parse_id(found[0][0]) if found else _ORIGIN
-                if name in self._cursors and self._cursors[name] is None:
-                    self._cursors[name] = entry_id
-                snapshot[name] = self._cursors.get(name, entry_id)
+    def _seen(self, entry_id: EntryId) -> None:
+        self._clock = max(self._clock, entry_id)
 
     def _encode(self, raw_id: bytes, fields: dict[bytes, bytes]) -> bytes | None:
         """The wire form of a stream entry; ``None`` (logged) if it is not ours."""
