@@ -30,7 +30,7 @@ def open_streams(app: Flask) -> int:
 class TestMaxStreams:
     def test_default_is_a_finite_limit(self) -> None:
         app, _ = make_app()
-        assert app.config["EVENTSTREAM_MAX_STREAMS"] == 1000
+        assert app.config["EVENTSTREAM_MAX_STREAMS"] == 10_000
 
     def test_beyond_the_limit_is_503_with_retry_after(self) -> None:
         app, events = make_app(EVENTSTREAM_MAX_STREAMS=2)

@@ -48,7 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_MAX_EVENT_SIZE": 1024 * 1024,
     "EVENTSTREAM_MAX_CHANNELS": 16,
     "EVENTSTREAM_MAX_LAST_EVENT_ID": MAX_LAST_EVENT_ID,
-    "EVENTSTREAM_MAX_STREAMS": 1000,
+    "EVENTSTREAM_MAX_STREAMS": 10_000,
     "EVENTSTREAM_REQUIRE_TOKEN": False,
     "EVENTSTREAM_TOKEN_MAX_AGE": 3600,
     "EVENTSTREAM_CORS_ORIGINS": None,
@@ -141,9 +141,9 @@ class EventStream:
             Most channels one connection may subscribe to.
         ``EVENTSTREAM_MAX_LAST_EVENT_ID`` (``256``)
             Longest ``Last-Event-ID`` accepted, in bytes; longer ones get 400.
-        ``EVENTSTREAM_MAX_STREAMS`` (``1000``)
+        ``EVENTSTREAM_MAX_STREAMS`` (``10000``)
             Most streams this app holds open in this process; past it, 503 with
-            ``Retry-After``. ``None`` for no limit.
+            ``Retry-After``. ``None`` for no limit. Set it to what a worker holds.
         ``EVENTSTREAM_REQUIRE_TOKEN`` (``False``)
             Refuse (401) a subscription without a subscribe token
             (:meth:`subscribe_token`).
