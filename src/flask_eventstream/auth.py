@@ -140,16 +140,19 @@ def check_access(
     return None
 
 
+_INVALID = Refusal(401, "the subscribe token is invalid (tampered or not ours)")
+
+
 def _check_token(
     channels: Sequence[str], token: str, keys: Sequence[str | bytes]
 ) -> Refusal | None:
     try:
         payload, signed_at = serializer(keys).loads(token, return_timestamp=True)
     except BadSignature:
-        payload = None
+        return _INVALID
     grant = _grant(payload)
     if grant is None:
-        return Refusal(401, "the subscribe token is invalid (tampered or not ours)")
+        return _INVALID
     granted, max_age = grant
     age = time.time() - signed_at.timestamp()
     if age > max_age or age < -_CLOCK_SKEW:
