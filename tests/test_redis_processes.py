@@ -7,6 +7,7 @@ publisher is a separate ``python -c`` process. Every wait is bounded.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import selectors
 import socket
@@ -24,12 +25,14 @@ import pytest
 from flask_eventstream import Event
 from flask_eventstream.brokers.redis import RedisBroker
 
-from .brokers.redis_server import RedisServer, publish_from_subprocess
+from .brokers.redis_server import RedisServer, free_port, publish_from_subprocess
+from .conftest import missing
 from .helpers import StreamClient, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-APP = Path(__file__).parent / "live_apps" / "redis_app.py"
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "tests" / "live_apps" / "redis_app.py"
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,84 @@ def test_replay_on_another_process(
     while time.monotonic() < deadline:
         again.read_some()
     assert [e.id for e in again.events] == [e.id for e in missed + [live]]
+
+
+@pytest.fixture
+def gunicorn_on_redis(redis_server: RedisServer) -> Iterator[Callable[[str], str]]:
+    """Starts ``tests/live_apps/servers_app.py`` under gunicorn, 2 workers of a kind,
+    on the Redis broker (default key prefix); returns its base URL."""
+    for module in ("gunicorn", "gevent"):
+        if importlib.util.find_spec(module) is None:
+            missing(module)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(worker: str) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(
+            os.environ,
+            EVENTSTREAM_BROKER_URL=redis_server.url,
+            EVENTSTREAM_HEARTBEAT="0.5",
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+            ),
+        )
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn",
+                "--bind", f"127.0.0.1:{port}",
+                "--workers", "2",
+                "--worker-class", worker,
+                "--threads", "40",
+                "--log-level", "warning",
+                "tests.live_apps.servers_app:app",
+            ],
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+        started.append(process)
+
+        def ready() -> bool:
+            assert process.poll() is None, "gunicorn exited"
+            try:
+                urllib.request.urlopen(f"{url}/count", timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(ready, timeout=30)
+        return url
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_gunicorn_workers_get_events_published_elsewhere(
+    redis_server: RedisServer,
+    gunicorn_on_redis: Callable[[str], str],
+    streams: Callable[..., StreamClient],
+    worker: str,
+) -> None:
+    """Gunicorn with 2 workers (gevent monkey-patched, or gthread): every stream,
+    whichever worker holds it, gets an event published by another process."""
+    url = gunicorn_on_redis(worker)
+    channel = f"g-{uuid.uuid4().hex[:8]}"
+    clients = [streams(f"{url}/stream?channel={channel}") for _ in range(20)]
+    for client in clients:  # the preamble is written once the stream is subscribed
+        client.read_until(lambda c: bool(c.raw), timeout=10)
+    sent_id = publish_from_subprocess(redis_server.url, "eventstream:", channel, "hi")
+    for client in clients:
+        (event,) = client.read_events(1, timeout=10)
+        assert (event.data, event.id) == ("hi", sent_id)
+    per_process: dict[str, int] = {}
+    for entry in redis_server.clients(f"eventstream:{socket.gethostname()}:"):
+        pid = entry["name"].split(":")[2]
+        per_process[pid] = per_process.get(pid, 0) + 1
+    assert per_process and max(per_process.values()) <= 3
