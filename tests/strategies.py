@@ -54,7 +54,7 @@ def valid_events() -> st.SearchStrategy[Event]:
         data=awkward_text(),
         event=st.none() | awkward_text(exclude="\r\n"),
         id=st.none() | awkward_text(exclude="\r\n\0"),
-        retry=st.none() | st.integers(min_value=0, max_value=2**64),
+        retry=st.none() | st.integers(min_value=0, max_value=2**64 - 1),
     )
 
 

@@ -16,6 +16,8 @@ __all__ = ["Event", "encode_comment", "split_lines"]
 #: The only line terminators of the format (F5): CRLF, CR, LF. Never
 #: ``str.splitlines()``, which also splits on U+2028, U+0085, \v, \f and more (S4).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: Largest ``retry`` written: browsers hold it in 64 bits and ignore larger values.
+MAX_RETRY = 2**64 - 1
 _CR_OR_LF = re.compile(r"[\r\n]")
 
 
@@ -58,10 +60,13 @@ class Event:
             _check_line("id", self.id)
             if "\0" in self.id:
                 raise InvalidEvent("id", "must not contain NUL (browsers ignore it)")
-        if self.retry is not None and (type(self.retry) is not int or self.retry < 0):
+        if self.retry is not None and (
+            type(self.retry) is not int or not 0 <= self.retry <= MAX_RETRY
+        ):
+            too_big = type(self.retry) is int and self.retry > MAX_RETRY
+            got = "a larger int" if too_big else repr(self.retry)
             raise InvalidEvent(
-                "retry",
-                f"must be a non-negative int of milliseconds, got {self.retry!r}",
+                "retry", f"must be an int of milliseconds from 0 to 2**64-1, got {got}"
             )
         # Encoded once, here: a broker hands the same bytes to every subscriber.
         object.__setattr__(self, "_wire", self._encode())

@@ -44,7 +44,7 @@ def chromium_args() -> list[str]:
     return args
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         missing("chromium")
