@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test install install-test install-bench system-deps check bench bench-full docs clean
+.PHONY: demo test install install-test install-bench system-deps check bench bench-full docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,5 +44,17 @@ bench: install-bench
 bench-full: install-bench
 	$(BIN)/python -m benchmarks.run --full
 
+## make docs: builds the documentation site into site/ (warnings are errors)
+docs: $(BIN)/python
+	$(PIP) install -e . --group docs
+	$(BIN)/mkdocs build --strict
+
+## make dist: builds the sdist and wheel into dist/ and checks them with twine
+dist: $(BIN)/python
+	$(PIP) install --group dist
+	rm -rf dist
+	$(BIN)/python -m build
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache
