@@ -7,9 +7,10 @@ Works with Redis 6.2+ and Valkey (the same protocol). Selected by
 How it works:
 
 - Each channel is one Redis Stream, ``<prefix>{<channel>}``. :meth:`RedisBroker.publish`
-  appends with ``XADD ... MAXLEN ~ history``, so Redis memory stays bounded. The event
-  id is the stream entry id (``1718000000000-0``), which increases across processes;
-  an id given to ``publish`` is stored in the entry and sent instead.
+  appends with ``XADD ... MAXLEN ~ history`` (in a script, :data:`_XADD`), so Redis
+  memory stays bounded. The event id is the stream entry id (``1718000000000-0``),
+  unique and increasing across processes and channels (``<prefix>last-id`` holds
+  the newest); an id given to ``publish`` is stored in the entry and sent instead.
 - Per process, one listener thread (a greenlet under gevent) runs ``XREAD BLOCK`` on
   the streams of every channel that has subscribers here, and hands each entry to the
   local :class:`~.base.Fanout`. Publishing and replay share a pool of two connections.
@@ -23,8 +24,8 @@ How it works:
 
 Divergences from the memory broker, on purpose:
 
-- Ids are per stream. Two channels can hold the same entry id (same millisecond);
-  a multi-channel stream resumed from such an id skips the other channel's twin.
+- Resuming from an id no longer kept flags ``missed`` also when the id was exactly
+  the last entry trimmed (Redis does not say which one that was).
 - With ``MAXLEN ~`` Redis trims whole nodes, so *at least* ``history`` events are
   kept per channel, sometimes more. ``history`` must be at least 1: the stream is
   also how events travel.
@@ -436,11 +437,9 @@ class RedisBroker(Broker):
             with self._fanout.lock:
                 live = set(self._fanout.channels())
                 behind = {
-                    name: cursor
+                    name: self._cursors[name]
                     for name in names
-                    if name in live
-                    and (cursor := self._cursors[name])
-                    and cursor > replay[name][0]
+                    if name in live and self._cursors[name] > replay[name][0]
                 }
                 if behind and attempt == 3:
                     self._catch_up(replay, behind)  # rare: a busy channel, under lock
