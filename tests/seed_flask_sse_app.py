@@ -1,3 +1,6 @@
+# The seed's Flask-SSE answer, verbatim but for its import (see tests/test_compat.py).
+# ruff: noqa: I001
+# fmt: off
 from flask import Flask
 from flask_eventstream.compat import sse
 

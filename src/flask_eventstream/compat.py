@@ -35,8 +35,10 @@ Deliberate differences, each a fix or a safe default:
   :class:`~flask_eventstream.Event` as sent, not Redis' count of receivers.
 - ``sse.redis``, ``sse.messages()`` and ``flask_sse.Message`` are not provided.
 
-Every ``EVENTSTREAM_*`` setting applies (heartbeat, history, limits), except
-``EVENTSTREAM_URL_PREFIX``: the stream lives where the blueprint is registered.
+Every ``EVENTSTREAM_*`` setting applies (heartbeat, history, limits, tokens),
+except ``EVENTSTREAM_URL_PREFIX`` (the stream lives where the blueprint is
+registered) and the ``EVENTSTREAM_CORS_*`` keys (add CORS headers to the blueprint
+yourself, e.g. in an ``after_request`` handler).
 """
 
 from __future__ import annotations
