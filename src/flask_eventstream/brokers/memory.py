@@ -11,7 +11,7 @@ for a recent one.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple
@@ -51,19 +51,36 @@ class MemoryBroker(Broker):
 
     :param history: events kept per channel for replay (0 keeps none).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
+    :param retained_channels: how many channels keep history. Past it, the channel
+        published to least recently forgets its history (a client resuming there is
+        told it may have missed events), so memory stays bounded even with a channel
+        per user or per job.
 
     Only subscribers in the same process see events: use the Redis broker when the
-    app runs several worker processes. Retained history grows with the number of
-    channels published to (at most *history* events each).
+    app runs several worker processes.
     """
 
-    def __init__(self, *, history: int = 1000, buffer: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 1000,
+        buffer: int = 1000,
+        retained_channels: int = 10_000,
+    ) -> None:
         if history < 0:
             raise ValueError(f"history must be 0 or more, got {history}")
+        if retained_channels < 1:
+            raise ValueError(
+                f"retained_channels must be 1 or more, got {retained_channels}"
+            )
         self._fanout = Fanout(buffer=buffer)
         self._history = history
+        self._retained_channels = retained_channels
         self._start = self._seq = time.time_ns() // 1000
-        self._channels: dict[str, _Channel] = {}
+        # Least recently published first. _forgotten: the newest sequence number of
+        # any channel whose history was dropped; below it, nothing is known.
+        self._channels: OrderedDict[str, _Channel] = OrderedDict()
+        self._forgotten = self._start
 
     @property
     def fanout(self) -> Fanout:
@@ -76,7 +93,13 @@ class MemoryBroker(Broker):
                 event = replace(event, id=str(self._seq))
             stored = self._channels.get(channel)
             if stored is None:
-                stored = self._channels[channel] = _Channel(self._history, self._start)
+                stored = self._channels[channel] = _Channel(
+                    self._history, self._forgotten
+                )
+                if len(self._channels) > self._retained_channels:
+                    self._forget_oldest_channel()
+            else:
+                self._channels.move_to_end(channel)
             stored.append(_Entry(self._seq, event))
             self._fanout.deliver(channel, event.encode())
         return event
@@ -91,7 +114,7 @@ class MemoryBroker(Broker):
                 after = self._resolve(channels, last_event_id)
                 for name in dict.fromkeys(channels):
                     stored = self._channels.get(name)
-                    floor = stored.floor if stored is not None else self._start
+                    floor = stored.floor if stored is not None else self._forgotten
                     if after is None or after < floor:
                         missed = True
                     if stored is not None:
@@ -101,6 +124,13 @@ class MemoryBroker(Broker):
             return self._fanout.subscribe(
                 channels, (e.event.encode() for e in backlog), missed=missed
             )
+
+    def _forget_oldest_channel(self) -> None:
+        _, oldest = self._channels.popitem(last=False)
+        if oldest.history:
+            self._forgotten = max(self._forgotten, oldest.history[-1].seq)
+        else:
+            self._forgotten = max(self._forgotten, oldest.floor)
 
     def _resolve(self, channels: Sequence[str], last_event_id: str) -> int | None:
         """The sequence number *last_event_id* stands for, or ``None`` if unknown."""
