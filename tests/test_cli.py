@@ -120,12 +120,15 @@ class TestStats:
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {
             "broker": "MemoryBroker",
+            "channels_of": "this process",
+            "channels": {"a": 2, "b": 1},
             "open_streams": 2,
             "subscribers": 2,
-            "channels": {"a": 2, "b": 1},
         }
         text = runner.invoke(eventstream, ["stats"]).stdout
-        assert "open streams: 2" in text and "  a\t2" in text
+        assert "open streams in this process: 2" in text
+        assert "subscribers per channel, this process:" in text
+        assert "  a\t2" in text and "  b\t1" in text
 
 
 def test_the_flask_command_has_the_group_through_the_entry_point(

@@ -86,6 +86,11 @@ class TestMetrics:
         assert value(registry, "eventstream_subscribers_dropped_total") == 1
         subscription.close()
 
+    def test_broker_reconnects_start_at_zero(self, registry: CollectorRegistry) -> None:
+        """The memory broker never reconnects; the Redis broker's reconnects are
+        counted in tests/brokers/test_redis_stats.py, with a real restart."""
+        assert value(registry, "eventstream_broker_reconnects_total") == 0
+
 
 class TestInstall:
     def test_config_installs_into_the_default_registry(self) -> None:

@@ -9,8 +9,9 @@ it once flask-eventstream is installed::
 
 ``publish`` and ``stats`` load the app and act on its broker, so across processes
 they need the Redis broker: with the memory broker a CLI process reaches only
-the subscribers of its own process (none). ``tail`` needs no app, only a URL and
-the ``client`` extra.
+the subscribers of its own process (none). With Redis, ``stats`` adds up the
+subscribers per channel of every process that shares the app's Redis and key
+prefix. ``tail`` needs no app, only a URL and the ``client`` extra.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .brokers import Fanout, MemoryBroker
+from .brokers import MemoryBroker
 from .exceptions import ClientError, EventStreamError
 from .extension import EventStream, _State, _state
 
@@ -132,21 +133,28 @@ def tail_command(
 @eventstream.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def stats_command(as_json: bool) -> None:
-    """Show open streams and subscribers per channel in this process."""
+    """Show subscribers per channel in every process sharing the app's broker
+    (only this one with the memory broker), and this process's open streams."""
     state = _require_state()
-    channels = _subscribers_by_channel(getattr(state.broker, "fanout", None))
+    try:
+        channels = state.broker.cluster_subscriber_counts()
+    except EventStreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    shared = not isinstance(state.broker, MemoryBroker)
     stats = {
         "broker": type(state.broker).__name__,
+        "channels_of": "all processes" if shared else "this process",
+        "channels": channels,
         "open_streams": state.streams.open,
         "subscribers": state.broker.subscriber_count(),
-        "channels": channels,
     }
     if as_json:
         click.echo(json.dumps(stats, indent=2, sort_keys=True))
         return
-    click.echo(f"broker: {stats['broker']} (numbers of this process only)")
-    click.echo(f"open streams: {stats['open_streams']}")
-    click.echo(f"subscribers: {stats['subscribers']}")
+    click.echo(f"broker: {stats['broker']}")
+    click.echo(f"open streams in this process: {stats['open_streams']}")
+    click.echo(f"subscribers in this process: {stats['subscribers']}")
+    click.echo(f"subscribers per channel, {stats['channels_of']}:")
     for name, subscribers in sorted(channels.items()):
         click.echo(f"  {name}\t{subscribers}")
 
@@ -156,14 +164,6 @@ def _require_state() -> _State:
         return _state(current_app)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _subscribers_by_channel(fanout: object) -> dict[str, int]:
-    if not isinstance(fanout, Fanout):  # a broker with no local fan-out
-        return {}
-    with fanout.lock:
-        names = fanout.channels()
-    return {name: fanout.count(name) for name in names}
 
 
 def _parse_header(header: str) -> tuple[str, str]:

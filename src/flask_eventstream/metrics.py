@@ -27,6 +27,9 @@ Every value is of this process (run one scrape target per worker, or use
     Streams opened with a ``Last-Event-ID`` (a reconnection that resumes).
 ``eventstream_replay_gaps_total``
     Of those, the ones whose id was no longer retained (they got the gap event).
+``eventstream_broker_reconnects_total``
+    Times the broker's connection (the Redis listener's) was lost and came back.
+    Counted once per broker, however many apps in the registry share it.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'flask-eventstream[metrics]'"
     ) from exc
 
+from .brokers import Broker
 from .event import Event
 from .signals import (
+    broker_reconnected,
     event_published,
     stream_closed,
     stream_opened,
@@ -90,6 +95,14 @@ class Metrics:
             "Streams resumed from an id no longer retained.",
             registry=registry,
         )
+        self.broker_reconnects = Counter(
+            "eventstream_broker_reconnects",
+            "Times the broker's connection was lost and came back.",
+            registry=registry,
+        )
+        # Brokers whose reconnections are counted here: once each, even when
+        # several apps share one.
+        self.brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
 
 
 # prometheus_client refuses to register one name twice in a registry, and its
@@ -145,8 +158,15 @@ def _connect(app: Flask, metrics: Metrics) -> None:
     def dropped(sender: Flask, **extra: Any) -> None:
         metrics.subscribers_dropped.inc()
 
+    def reconnected(sender: Broker, **extra: Any) -> None:
+        metrics.broker_reconnects.inc()
+
     # weak=False: these closures live as long as the app's connection, not this call.
     stream_opened.connect(opened, sender=app, weak=False)
     stream_closed.connect(closed, sender=app, weak=False)
     event_published.connect(published, sender=app, weak=False)
     subscriber_dropped.connect(dropped, sender=app, weak=False)
+    broker = app.extensions["eventstream"].broker
+    if broker not in metrics.brokers:
+        metrics.brokers.add(broker)
+        broker_reconnected.connect(reconnected, sender=broker, weak=False)

@@ -10,6 +10,10 @@ Connect with blinker, as for Flask's signals; the sender is the Flask app::
 
 ``**extra`` keeps a receiver working when a later version sends more arguments.
 
+One signal is sent by a broker, not an app: :data:`broker_reconnected`, whose
+sender is the broker (one broker may serve several apps); connect to
+``events.broker()`` or to every sender.
+
 Receivers run synchronously in the thread that sends, so keep them short: a slow
 receiver of :data:`event_published` slows every ``publish()``. Their exceptions
 propagate to the sender, as with Flask's signals.
@@ -20,6 +24,7 @@ from __future__ import annotations
 from blinker import Namespace
 
 __all__ = [
+    "broker_reconnected",
     "event_published",
     "stream_closed",
     "stream_opened",
@@ -49,3 +54,10 @@ event_published = _signals.signal("eventstream.event-published")
 #: was delivering, while the broker's lock is held: keep the receiver short and do
 #: not publish from it (that would wait for the same lock forever).
 subscriber_dropped = _signals.signal("eventstream.subscriber-dropped")
+
+#: A broker's connection to its server (the Redis broker's listener) was lost and
+#: is back; what was published meanwhile is delivered next. The **sender is the
+#: broker** (``connect_via(events.broker())``), no other arguments. Sent from the
+#: listener thread; an exception in a receiver is logged, not raised. The memory
+#: broker never sends it.
+broker_reconnected = _signals.signal("eventstream.broker-reconnected")

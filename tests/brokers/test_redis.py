@@ -172,7 +172,9 @@ class TestConnections:
         prefix = broker.key("")[: -len("{}")]
         kept = {f"{prefix}{{c0}}".encode(), f"{prefix}last-id".encode()}
         with redis_server.client() as client:
-            wait_for(lambda: set(client.keys(f"{prefix}*")) == kept)
+            # The listener removes this process's counts (<prefix>stats:...) when it
+            # next wakes: within one XREAD block (5 s).
+            wait_for(lambda: set(client.keys(f"{prefix}*")) == kept, timeout=15)
         broker.close()
         assert redis_server.clients(broker.client_name) == []
         wait_for(lambda: _listener_threads() == threads)

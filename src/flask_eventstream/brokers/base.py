@@ -259,6 +259,21 @@ class Broker(ABC):
     def close(self) -> None:
         """Release resources and end every open subscription."""
 
+    def cluster_subscriber_counts(self) -> dict[str, int]:
+        """Live subscribers per channel in every process that shares this broker's
+        events (a subscription to several channels counts in each).
+
+        This default, for a broker that shares nothing (the memory broker), counts
+        this process's; the Redis broker adds up every process's.
+        """
+        fanout = getattr(self, "fanout", None)
+        if not isinstance(fanout, Fanout):
+            return {}
+        with fanout.lock:
+            names = fanout.channels()
+        counts = {name: fanout.count(name) for name in names}
+        return {name: count for name, count in counts.items() if count}
+
     def __enter__(self) -> Broker:
         return self
 

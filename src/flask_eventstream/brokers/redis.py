@@ -21,6 +21,11 @@ How it works:
 - Replay reads the stream backwards from the newest entry to the one the client
   named, then registers the subscription with exactly the entries up to the
   listener's cursor; the listener delivers the rest. No gap, no duplicate.
+- The listener also writes this process's subscriber counts per channel into a hash,
+  ``<prefix>stats:<broker>``, that expires unless it is refreshed (every
+  ``stats_interval`` seconds, and whenever the set of channels changes), so
+  :meth:`RedisBroker.cluster_subscriber_counts` can add up every live process. A
+  process with no subscriber, or closed, has no hash.
 
 Divergences from the memory broker, on purpose:
 
@@ -65,6 +70,7 @@ from redis.retry import Retry
 
 from ..event import Event
 from ..exceptions import BrokerError, BrokerUnavailable, InvalidEvent
+from ..signals import broker_reconnected
 from .base import Broker, Fanout, Subscription
 
 __all__ = ["RedisBroker"]
@@ -74,9 +80,13 @@ logger = logging.getLogger(__name__)
 #: Errors that mean "Redis cannot be reached or cannot take writes right now".
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
-#: How long one XREAD blocks. Bounds how late a channel nobody listens to any more
-#: is dropped from the listener's XREAD; new channels wake it at once.
+#: How long one XREAD blocks (at most; see ``stats_interval``). Bounds how late a
+#: channel nobody listens to any more is dropped from the listener's XREAD; new
+#: channels wake it at once.
 _BLOCK_MS = 5000
+#: A process's counts in Redis expire after this many refresh intervals: a process
+#: that died without closing its broker drops out of the cluster counts.
+_STATS_TTL_INTERVALS = 3
 #: Entries one XREAD returns per stream; more are read by the next XREAD at once.
 _BATCH = 1000
 #: Reconnection backoff of the listener, in seconds: first step and cap.
@@ -149,6 +159,11 @@ def _format_id(entry_id: EntryId) -> str:
     return f"{entry_id[0]}-{entry_id[1]}"
 
 
+def _glob_escape(text: str) -> str:
+    """*text* as a literal in a Redis ``SCAN MATCH`` pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def _redis_url(url: str) -> str:
     """*url* with ``valkey://``/``valkeys://`` spelled as redis-py knows them."""
     scheme, sep, rest = url.partition("://")
@@ -164,12 +179,20 @@ class RedisBroker(Broker):
     :param history: events kept per channel for replay (at least; see above).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
     :param key_prefix: put before every key, so several apps can share one Redis.
-    :raises ValueError: for ``history`` below 1 or an unknown URL scheme.
+    :param stats_interval: seconds between two writes of this process's subscriber
+        counts to Redis (its hash expires after three); the listener's XREAD blocks
+        at most this long.
+    :raises ValueError: for ``history`` below 1, ``stats_interval`` not above 0, or
+        an unknown URL scheme.
 
     Ownership: ``publish`` and replay run in the caller's thread on the pool; the
-    listener thread owns its connection; the fan-out and the channel cursors are
-    guarded by the fan-out's lock. The listener starts at the first subscription
-    (so a process that only publishes, or a pre-fork master, runs no thread).
+    listener thread owns its connection, the counts it wrote and the record of a
+    lost connection; the fan-out and the channel cursors are guarded by the
+    fan-out's lock. The listener starts at the first subscription (so a process
+    that only publishes, or a pre-fork master, runs no thread).
+
+    When the listener is back after losing Redis, it logs at INFO and sends
+    :data:`~flask_eventstream.signals.broker_reconnected` (the sender is the broker).
     """
 
     def __init__(
@@ -179,11 +202,14 @@ class RedisBroker(Broker):
         history: int = 1000,
         buffer: int = 1000,
         key_prefix: str = "eventstream:",
+        stats_interval: float = _BLOCK_MS / 1000,
     ) -> None:
         if history < 1:
             raise ValueError(
                 f"history must be at least 1 for the Redis broker, got {history}"
             )
+        if not stats_interval > 0:
+            raise ValueError(f"stats_interval must be above 0, got {stats_interval}")
         url = _redis_url(url)
         scheme = urlsplit(url).scheme
         if scheme not in {"redis", "rediss", "unix"}:
@@ -221,6 +247,16 @@ class RedisBroker(Broker):
             **options,
         )
         self._listen = Redis(connection_pool=self._listen_pool)
+        self._block_ms = max(1, min(_BLOCK_MS, int(stats_interval * 1000)))
+        # This process's subscriber counts (see cluster_subscriber_counts). Owned
+        # by the listener: when they are due again, and the channels they were
+        # written for (None: nothing in Redis).
+        self._stats_key = f"{key_prefix}stats:{token}"
+        self._stats_interval = stats_interval
+        self._stats_due = 0.0
+        self._stats_channels: frozenset[str] | None = None
+        # When the listener lost Redis (monotonic), until it is back. Listener-owned.
+        self._lost_at: float | None = None
         location = self._pool.connection_kwargs
         self._where = location.get("path") or (
             f"{location.get('host', 'localhost')}:{location.get('port', 6379)}"
@@ -251,9 +287,16 @@ class RedisBroker(Broker):
         history: int = 1000,
         buffer: int = 1000,
         key_prefix: str = "eventstream:",
+        stats_interval: float = _BLOCK_MS / 1000,
     ) -> RedisBroker:
         """The broker for *url*; what ``EVENTSTREAM_BROKER_URL`` calls."""
-        return cls(url, history=history, buffer=buffer, key_prefix=key_prefix)
+        return cls(
+            url,
+            history=history,
+            buffer=buffer,
+            key_prefix=key_prefix,
+            stats_interval=stats_interval,
+        )
 
     @property
     def fanout(self) -> Fanout:
@@ -510,6 +553,36 @@ class RedisBroker(Broker):
     def subscriber_count(self, channel: str | None = None) -> int:
         return self._fanout.count(channel)
 
+    def cluster_subscriber_counts(self) -> dict[str, int]:
+        """Live subscribers per channel in every process on this Redis and prefix.
+
+        Adds up the counts each process's listener keeps in Redis: they are up to
+        ``stats_interval`` seconds old, and a process that died without closing its
+        broker still counts until its hash expires (three intervals). Reads the
+        keys with ``SCAN``, so it costs a pass over the database's keys: meant for
+        ``flask eventstream stats`` and dashboards, not for every request.
+
+        :raises BrokerUnavailable: Redis cannot be reached.
+        """
+        pattern = _glob_escape(f"{self._prefix}stats:") + "*"
+        try:
+            keys = list(self._redis.scan_iter(match=pattern, count=1000))
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            hashes = cast("list[dict[bytes, bytes]]", pipe.execute())
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self._where} is unavailable ({exc}); cannot count "
+                "subscribers"
+            ) from exc
+        totals: dict[str, int] = {}
+        for counts in hashes:  # empty if it expired since SCAN saw it
+            for name, count in counts.items():
+                channel = name.decode()
+                totals[channel] = totals.get(channel, 0) + int(count)
+        return totals
+
     # The listener
 
     def _ensure_listener(self) -> None:
@@ -540,12 +613,7 @@ class RedisBroker(Broker):
                 failures += 1
                 step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
                 delay = step / 2 + random.uniform(0, step / 2)
-                logger.warning(
-                    "Redis listener lost %s (%s); reconnecting in %.2fs",
-                    self._where,
-                    exc,
-                    delay,
-                )
+                self._lost(exc, delay)
                 self._listen_pool.disconnect()
                 self._closing.wait(delay)
             except Exception:
@@ -562,9 +630,13 @@ class RedisBroker(Broker):
                 del self._cursors[name]
             snapshot = dict(self._cursors)
         if not snapshot:
+            self._forget_counts()
             self._listen_pool.disconnect()  # idle: hold no connection
             self._changed.wait()
             return
+        self._write_counts(frozenset(snapshot))
+        if self._lost_at is not None:  # that was the first command to succeed
+            self._back(self._lost_at)
         by_key = {self.key(name).encode(): name for name in snapshot}
         streams: dict[Any, Any] = {self._wake_key: "0-0"}
         streams.update(
@@ -572,7 +644,7 @@ class RedisBroker(Broker):
         )
         reply = cast(
             "list[tuple[bytes, list[_RawEntry]]]",
-            self._listen.xread(streams, count=_BATCH, block=_BLOCK_MS) or [],
+            self._listen.xread(streams, count=_BATCH, block=self._block_ms) or [],
         )
         batch: list[tuple[EntryId, str, bytes]] = []
         last: dict[str, EntryId] = {}
@@ -602,6 +674,79 @@ class RedisBroker(Broker):
             for _, name, wire in batch:
                 if name in current:
                     self._fanout.deliver(name, wire)
+
+    def _write_counts(self, channels: frozenset[str]) -> None:
+        """Put this process's subscribers per channel in Redis, if they are due.
+
+        Due every ``stats_interval``, when the channels changed, and after a lost
+        connection (Redis may have restarted empty). One MULTI, so a reader never
+        sees half of it; the expiry drops a process that died without ``close()``.
+        """
+        now = time.monotonic()
+        if (
+            channels == self._stats_channels
+            and now < self._stats_due
+            and self._lost_at is None
+        ):
+            return
+        with self._fanout.lock:
+            names = self._fanout.channels()
+        counts = {name: self._fanout.count(name) for name in names}
+        counts = {name: count for name, count in counts.items() if count}
+        ttl_ms = max(1, int(self._stats_interval * _STATS_TTL_INTERVALS * 1000))
+        pipe = self._listen.pipeline(transaction=True)
+        pipe.delete(self._stats_key)
+        if counts:
+            pipe.hset(self._stats_key, mapping=counts)  # type: ignore[arg-type]
+            pipe.pexpire(self._stats_key, ttl_ms)
+        pipe.execute()
+        self._stats_channels = channels
+        self._stats_due = now + self._stats_interval
+
+    def _forget_counts(self) -> None:
+        """Remove this process's counts from Redis: it has no subscriber left."""
+        if self._stats_channels is None:
+            return
+        self._stats_channels = None
+        try:
+            self._listen.delete(self._stats_key)
+        except RedisError:
+            pass  # Redis is away: the hash expires by itself
+
+    def _lost(self, exc: BaseException, delay: float) -> None:
+        """Log a failed listener round: a warning when the connection is lost, then
+        quieter retries until it is back."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            logger.warning(
+                "Redis listener lost its connection to %s (%s); reconnecting in "
+                "%.2fs, with backoff; open streams stay open",
+                self._where,
+                exc,
+                delay,
+            )
+        else:
+            logger.debug(
+                "Redis at %s still unreachable (%s); next attempt in %.2fs",
+                self._where,
+                exc,
+                delay,
+            )
+
+    def _back(self, lost_at: float) -> None:
+        """The listener reached Redis again: log it and send the signal."""
+        self._lost_at = None
+        down = time.monotonic() - lost_at
+        logger.info(
+            "Redis listener reconnected to %s after %.1fs; delivering what was "
+            "published meanwhile",
+            self._where,
+            down,
+        )
+        try:
+            broker_reconnected.send(self)
+        except Exception:  # a receiver's bug must not stop delivery
+            logger.exception("a broker_reconnected receiver failed")
 
     def _seen(self, entry_id: EntryId) -> None:
         self._clock = max(self._clock, entry_id)
@@ -637,9 +782,9 @@ class RedisBroker(Broker):
                 pass
             thread.join(timeout=_BLOCK_MS / 1000 + _TIMEOUT)
             try:
-                self._redis.delete(self._wake_key)
+                self._redis.delete(self._wake_key, self._stats_key)
             except RedisError:
-                pass
+                pass  # the counts expire by themselves
         self._fanout.end_all()
         self._pool.disconnect()
         self._listen_pool.disconnect()
