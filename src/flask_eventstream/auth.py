@@ -33,6 +33,8 @@ from .channels import validate_channel
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .jwt_tokens import JWTVerifier
+
 __all__ = [
     "TOKEN_PARAM",
     "TOKEN_SALT",
@@ -109,15 +111,21 @@ def check_access(
     keys: Sequence[str | bytes],
     require_token: bool,
     authorizers: Sequence[Authorizer],
+    jwt: JWTVerifier | None = None,
 ) -> Refusal | None:
     """Decide whether the current request may subscribe to *channels*.
 
     :param token: the ``?token=`` value, or ``None`` when absent.
     :param keys: the signing keys; empty when the app has no ``SECRET_KEY``.
+    :param jwt: when set, tokens are JWTs checked by it instead of signed by *keys*.
     :return: ``None`` to allow, else the :class:`Refusal` to answer.
     :raises RuntimeError: if tokens are required but the app has no ``SECRET_KEY``.
     """
-    if not keys:
+    if jwt is not None:
+        if token is not None:
+            failure = jwt.check(token, channels)
+            return None if failure is None else Refusal(*failure)
+    elif not keys:
         if require_token:
             raise RuntimeError(
                 "EVENTSTREAM_REQUIRE_TOKEN is set but the app has no SECRET_KEY to "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
@@ -20,6 +20,7 @@ from .channels import validate_channel
 from .cors import CorsPolicy
 from .event import Event, encode_comment
 from .exceptions import InvalidEvent
+from .jwt_tokens import JWTVerifier
 from .signals import event_published, subscriber_dropped
 from .stream import SourceStream, event_from_item
 from .views import GAP_EVENT, StreamLimiter, event_stream_response, subscribe_response
@@ -51,6 +52,8 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_MAX_STREAMS": 10_000,
     "EVENTSTREAM_REQUIRE_TOKEN": False,
     "EVENTSTREAM_TOKEN_MAX_AGE": 3600,
+    "EVENTSTREAM_JWT_KEY": None,
+    "EVENTSTREAM_JWT_ALGORITHMS": ("HS256",),
     "EVENTSTREAM_CORS_ORIGINS": None,
     "EVENTSTREAM_CORS_CREDENTIALS": False,
     "EVENTSTREAM_METRICS": False,
@@ -71,6 +74,7 @@ class _State:
     streams: StreamLimiter
     require_token: bool
     token_max_age: int
+    jwt: JWTVerifier | None
 
     @property
     def preamble(self) -> bytes:
@@ -149,6 +153,12 @@ class EventStream:
             (:meth:`subscribe_token`).
         ``EVENTSTREAM_TOKEN_MAX_AGE`` (``3600``)
             Seconds a subscribe token is valid when minted without ``max_age``.
+        ``EVENTSTREAM_JWT_KEY`` (``None``)
+            When set, subscribe tokens are JWTs checked with this key (Mercure-style:
+            minted elsewhere; see :mod:`flask_eventstream.jwt_tokens`; needs the ``jwt``
+            extra).
+        ``EVENTSTREAM_JWT_ALGORITHMS`` (``("HS256",)``)
+            The JWT algorithms accepted.
         ``EVENTSTREAM_CORS_ORIGINS`` (``None``)
             Origins whose pages may read the stream cross-origin: a list of
             ``"https://host[:port]"``, or ``"*"``; ``None`` sends no CORS headers.
@@ -194,6 +204,7 @@ class EventStream:
             streams=streams,
             require_token=bool(config["EVENTSTREAM_REQUIRE_TOKEN"]),
             token_max_age=int(config["EVENTSTREAM_TOKEN_MAX_AGE"]),
+            jwt=_jwt_verifier(config),
         )
         _report_drops(app, broker)
         if config["EVENTSTREAM_METRICS"]:
@@ -392,6 +403,13 @@ class EventStream:
             "no application context: this EventStream serves "
             f"{len(apps)} apps, so say which one with 'with app.app_context():'"
         )
+
+
+def _jwt_verifier(config: Mapping[str, Any]) -> JWTVerifier | None:
+    key = config["EVENTSTREAM_JWT_KEY"]
+    if key is None:
+        return None
+    return JWTVerifier(key, tuple(config["EVENTSTREAM_JWT_ALGORITHMS"]))
 
 
 def _checked_retry(value: Any) -> int | None:

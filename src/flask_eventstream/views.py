@@ -70,10 +70,11 @@ def subscribe_response(
     # Replay reads the same channels, so this one check covers it too.
     refusal = check_access(
         channels,
-        token=request.args.get(TOKEN_PARAM),
+        token=_token(bearer_allowed=state.jwt is not None),
         keys=signing_keys(app),
         require_token=state.require_token,
         authorizers=authorizers,
+        jwt=state.jwt,
     )
     if refusal is not None:
         return plain_response(refusal.message, refusal.status)
@@ -102,6 +103,16 @@ def subscribe_response(
         stream_closed.send(app, channels=subscription.channels)
 
     return event_stream_response(CountedBody(body, state.streams, on_close=closed))
+
+
+def _token(*, bearer_allowed: bool) -> str | None:
+    """``?token=``; with JWTs also ``Authorization: Bearer`` (non-browser clients)."""
+    token = request.args.get(TOKEN_PARAM)
+    if token is None and bearer_allowed:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            token = value.strip()
+    return token
 
 
 def event_stream_response(body: Iterable[bytes]) -> Response:
