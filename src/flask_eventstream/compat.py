@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, has_app_context
 
 from .event import Event
-from .extension import EventStream
+from .extension import EventStream, current_or_only_app
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -122,15 +122,8 @@ class ServerSentEventsBlueprint(Blueprint):
         return self._events._subscribe_view()
 
     def _app(self) -> Flask:
-        if has_app_context():
-            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-            return app
-        apps = list(self._apps)
-        if len(apps) == 1:
-            return apps[0]
-        raise RuntimeError(
-            f"no application context, and the {self.name!r} blueprint is registered "
-            f"on {len(apps)} apps: use 'with app.app_context():'"
+        return current_or_only_app(
+            self._apps, f"the {self.name!r} blueprint is registered on"
         )
 
     def _set_up(self, app: Flask) -> None:

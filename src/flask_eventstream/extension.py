@@ -393,16 +393,7 @@ class EventStream:
         return subscribe_response(app, _state(app), channel, self._authorizers)
 
     def _app(self) -> Flask:
-        if has_app_context():
-            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-            return app
-        apps = list(self._apps)
-        if len(apps) == 1:
-            return apps[0]
-        raise RuntimeError(
-            "no application context: this EventStream serves "
-            f"{len(apps)} apps, so say which one with 'with app.app_context():'"
-        )
+        return current_or_only_app(self._apps, "this EventStream serves")
 
 
 def _jwt_verifier(config: Mapping[str, Any]) -> JWTVerifier | None:
@@ -410,6 +401,23 @@ def _jwt_verifier(config: Mapping[str, Any]) -> JWTVerifier | None:
     if key is None:
         return None
     return JWTVerifier(key, tuple(config["EVENTSTREAM_JWT_ALGORITHMS"]))
+
+
+def current_or_only_app(apps: Iterable[Flask], serving: str) -> Flask:
+    """The current app; out of any app context, the only one in *apps*.
+
+    :raises RuntimeError: with no app context and not exactly one app.
+    """
+    if has_app_context():
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        return app
+    known = list(apps)
+    if len(known) == 1:
+        return known[0]
+    raise RuntimeError(
+        f"no application context, and {serving} {len(known)} apps: "
+        "say which one with 'with app.app_context():'"
+    )
 
 
 def _checked_retry(value: Any) -> int | None:
