@@ -110,6 +110,22 @@ async def _open(plan: StreamPlan, stalled: bool) -> tuple[asyncio.StreamReader, 
     return reader, writer
 
 
+async def _ended_by_server(reader: asyncio.StreamReader, wait: float = 5.0) -> bool:
+    """Whether the server ended a stalled stream: read what it had queued (the
+    server cannot close a connection while its write to it is blocked), then see
+    whether the end comes within *wait* seconds, not just heartbeats."""
+
+    async def drain() -> None:
+        while await reader.read(1 << 18):
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), wait)
+    except (asyncio.TimeoutError, OSError, ConnectionError):
+        return False
+    return True
+
+
 async def _streams(plan: StreamPlan, pipe: Connection) -> StreamSummary:
     summary = StreamSummary()
     latencies: array[int] = array("q")
@@ -132,7 +148,7 @@ async def _streams(plan: StreamPlan, pipe: Connection) -> StreamSummary:
         writers.append(writer)
         if stalled:
             await stop.wait()
-            summary.stalled_closed_by_server += reader.at_eof()
+            summary.stalled_closed_by_server += await _ended_by_server(reader)
             return
         state = _Reader()
         readers.append(state)
@@ -158,7 +174,7 @@ async def _streams(plan: StreamPlan, pipe: Connection) -> StreamSummary:
     readers_done = asyncio.gather(*tasks[plan.stalled :])
     await asyncio.wait([stopper, readers_done], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
-    for task in tasks:
+    for task in tasks[plan.stalled :]:  # the stalled ones now drain (bounded)
         if not task.done():
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

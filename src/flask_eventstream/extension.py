@@ -45,6 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_HEARTBEAT": 15.0,
     "EVENTSTREAM_HISTORY": 1000,
     "EVENTSTREAM_BUFFER": 1000,
+    "EVENTSTREAM_BUFFER_BYTES": 1024 * 1024,
     "EVENTSTREAM_RETRY": None,
     "EVENTSTREAM_MAX_EVENT_SIZE": 1024 * 1024,
     "EVENTSTREAM_MAX_CHANNELS": 16,
@@ -136,6 +137,9 @@ class EventStream:
             Events kept per channel for replay by ``Last-Event-ID``.
         ``EVENTSTREAM_BUFFER`` (``1000``)
             Events that may wait for one slow client before it is cut off.
+        ``EVENTSTREAM_BUFFER_BYTES`` (``1048576``)
+            Bytes that may wait for one slow client before it is cut off (one event
+            of any size may always wait).
         ``EVENTSTREAM_RETRY`` (``None``)
             Reconnection time in ms sent at the start of every stream; ``None`` keeps
             the browser's own (3 to 5 s).
@@ -190,9 +194,13 @@ class EventStream:
         }
         if not config["EVENTSTREAM_BROKER_URL"].startswith("memory:"):
             broker_options["key_prefix"] = config["EVENTSTREAM_REDIS_PREFIX"]
-        broker = self._broker or brokers.from_url(
-            config["EVENTSTREAM_BROKER_URL"], **broker_options
-        )
+        broker = self._broker
+        if broker is None:
+            broker = brokers.from_url(
+                config["EVENTSTREAM_BROKER_URL"], **broker_options
+            )
+            if isinstance(fanout := getattr(broker, "fanout", None), brokers.Fanout):
+                fanout.buffer_bytes = int(config["EVENTSTREAM_BUFFER_BYTES"])
         app.extensions["eventstream"] = _State(
             broker=broker,
             heartbeat=float(config["EVENTSTREAM_HEARTBEAT"]),
@@ -446,10 +454,11 @@ def _report_drops(app: Flask, broker: brokers.Broker) -> None:
 
     def dropped(subscription: brokers.Subscription) -> None:
         logger.warning(
-            "dropped a subscriber of %s: more than %d events behind; it will "
-            "reconnect and replay",
+            "dropped a subscriber of %s: more than %d events or %d bytes behind; "
+            "it will reconnect and replay",
             ", ".join(subscription.channels),
             fanout.buffer,
+            fanout.buffer_bytes,
         )
         subscriber_dropped.send(app, channels=subscription.channels)
 

@@ -49,10 +49,11 @@ stream_closed = _signals.signal("eventstream.stream-closed")
 #: thread. Not sent when the broker refused it.
 event_published = _signals.signal("eventstream.event-published")
 
-#: A subscriber fell more than ``EVENTSTREAM_BUFFER`` events behind and was cut off
-#: (its browser reconnects and replays). Sent with ``channels``, by whichever thread
-#: was delivering, while the broker's lock is held: keep the receiver short and do
-#: not publish from it (that would wait for the same lock forever).
+#: A subscriber fell more than ``EVENTSTREAM_BUFFER`` events (or
+#: ``EVENTSTREAM_BUFFER_BYTES`` bytes) behind and was cut off (its browser reconnects
+#: and replays). Sent with ``channels``, by whichever thread was delivering, just
+#: after it released the broker's lock: a receiver may publish. An exception in a
+#: receiver is logged, not raised.
 subscriber_dropped = _signals.signal("eventstream.subscriber-dropped")
 
 #: A broker's connection to its server (the Redis broker's listener) was lost and

@@ -6,13 +6,18 @@ broker does both in memory; the Redis broker stores in Redis and feeds a
 :class:`Fanout` from one listener per process.
 
 Ownership: a :class:`Fanout` and every :class:`Subscription` it holds are guarded
-by the fan-out's one lock. Publishers (any thread or greenlet) write under it; a
-subscription has exactly one reader, the response that streams it.
+by the fan-out's one lock. Publishers (any thread or greenlet) and the fan-out's
+heartbeat ticker write under it; a subscription has exactly one reader, the
+response that streams it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import threading
+import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +26,19 @@ from types import TracebackType
 from ..event import Event, encode_comment
 
 __all__ = ["Broker", "Fanout", "Subscription", "end_all_streams"]
+
+logger = logging.getLogger(__name__)
+
+#: Most bytes :meth:`Subscription.next_chunk` returns at once (unless one event is
+#: larger): a slow reader writes bounded pieces, never everything queued as one copy.
+WRITE_SIZE = 64 * 1024
+
+#: Default of :attr:`Fanout.buffer_bytes`: bytes that may wait for one subscriber.
+BUFFER_BYTES = 1024 * 1024
+
+_NEVER = math.inf
+#: Shortest interval between two rounds of the heartbeat ticker, in seconds.
+_MIN_TICK = 0.01
 
 #: Written to a subscriber that fell too far behind, just before its stream ends.
 TOO_SLOW = encode_comment(
@@ -57,14 +75,25 @@ class Subscription:
     """One subscriber's queue of encoded events, read by the response that streams it.
 
     Publishing never blocks here: :meth:`Fanout.deliver` appends bytes and, only when
-    the queue goes from empty to non-empty, wakes the reader. The reader takes
-    everything queued in one :meth:`next_chunk` call and writes it in one write.
+    the reader is not already woken, wakes it. The reader takes what is queued, up
+    to :data:`WRITE_SIZE` bytes, in one :meth:`next_chunk` call and writes it in one
+    write.
 
     ``missed`` is true when the subscriber asked to resume from an id the broker no
     longer has (or never had): events may have been lost in between.
     """
 
-    __slots__ = ("channels", "missed", "_fanout", "_pending", "_wakeup", "_ended")
+    __slots__ = (
+        "channels",
+        "missed",
+        "_fanout",
+        "_pending",
+        "_size",
+        "_wakeup",
+        "_woken",
+        "_ended",
+        "_deadline",
+    )
 
     def __init__(
         self, fanout: Fanout, channels: Sequence[str], *, missed: bool = False
@@ -73,55 +102,98 @@ class Subscription:
         self.missed = missed
         self._fanout = fanout
         self._pending: list[bytes] = []
-        # Held while nothing is queued; released once when something arrives. A bare
+        self._size = 0  # bytes in _pending
+        # Held while the reader has nothing to do; released once (``_woken``) when
+        # something is queued, the subscription ends, or a heartbeat is due. A bare
         # lock is the smallest wake-up primitive (and gevent-aware once patched).
         self._wakeup = threading.Lock()
         self._wakeup.acquire()
+        self._woken = False
         self._ended = False
+        # When the waiting reader is due a heartbeat (time.monotonic()); the
+        # fan-out's one ticker wakes it then, so no wait needs a timer of its own.
+        self._deadline = _NEVER
 
     def next_chunk(self, timeout: float) -> bytes | None:
-        """Wait up to *timeout* seconds and return all queued bytes, joined.
+        """Wait up to about *timeout* seconds and return queued bytes, joined.
 
-        :return: the bytes to write; ``b""`` if nothing came in time; ``None`` once
-            the subscription has ended and everything queued was returned.
+        At most about :data:`WRITE_SIZE` bytes are returned at once (one event may be
+        larger); the rest is returned by the next calls, at once.
+
+        :return: the bytes to write; ``b""`` if nothing came in time (the caller
+            writes a heartbeat); ``None`` once the subscription has ended and
+            everything queued was returned.
         """
-        if not self._wakeup.acquire(timeout=timeout):
-            return b""
-        with self._fanout.lock:
-            pending, self._pending = self._pending, []
-            ended = self._ended
-            if ended and not pending:
-                self._wakeup.release()  # keep returning None
+        fanout = self._fanout
+        if timeout <= 0:
+            if not self._wakeup.acquire(blocking=False):
+                return b""
+        else:
+            if fanout._ticker is None or timeout < fanout._tick:
+                fanout._need_ticks(timeout)
+            self._deadline = time.monotonic() + timeout
+            self._wakeup.acquire()  # no timeout: the ticker wakes us when due
+        with fanout.lock:
+            self._deadline = _NEVER
+            pending = self._pending
+            if self._size <= WRITE_SIZE:
+                self._pending = []
+                self._size = 0
+            else:
+                pending = self._take(WRITE_SIZE)
+            if self._pending or self._ended:
+                self._wakeup.release()  # stay woken: more to return, or None
+            else:
+                self._woken = False
+            if self._ended and not pending:
                 return None
-            if ended:
-                self._wakeup.release()
         return b"".join(pending)
 
     def close(self) -> None:
         """Unsubscribe. Idempotent; safe from any thread."""
         self._fanout.remove(self)
 
-    # Called by the fan-out, under its lock.
-    def _put(self, chunk: bytes, limit: int) -> bool:
+    # Called by the fan-out or the reader, under the fan-out's lock.
+    def _take(self, size: int) -> list[bytes]:
+        """Remove and return the oldest queued chunks: about *size* bytes, 1 or more."""
+        count = taken = 0
+        for chunk in self._pending:
+            if count and taken + len(chunk) > size:
+                break
+            count += 1
+            taken += len(chunk)
+        head = self._pending[:count]
+        del self._pending[:count]
+        self._size -= taken
+        return head
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._wakeup.release()
+
+    def _put(self, chunk: bytes, limit: int, limit_bytes: int) -> bool:
         if self._ended:
             return False
-        if len(self._pending) >= limit:
+        if self._pending and (
+            len(self._pending) >= limit or self._size + len(chunk) > limit_bytes
+        ):
             self._end(TOO_SLOW, replace=True)
             return False
         self._pending.append(chunk)
-        if len(self._pending) == 1:
-            self._wakeup.release()
+        self._size += len(chunk)
+        self._wake()
         return True
 
     def _end(self, last: bytes = b"", *, replace: bool = False) -> None:
-        was_empty = not self._pending
         if replace:
             self._pending = []
+            self._size = 0
         if last:
             self._pending.append(last)
+            self._size += len(last)
         self._ended = True
-        if was_empty:
-            self._wakeup.release()
+        self._wake()
 
     def __enter__(self) -> Subscription:
         return self
@@ -130,27 +202,105 @@ class Subscription:
         self.close()
 
 
+class _FanoutLock:
+    """The fan-out's lock; callbacks queued under it run once it is released.
+
+    So a callback (a ``subscriber_dropped`` receiver) may itself publish: it runs
+    after the lock is given back, in the thread that released it.
+    """
+
+    __slots__ = ("_lock", "_after")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._after: list[Callable[[], None]] = []
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        if not self._after:
+            self._lock.release()
+            return
+        after, self._after = self._after, []
+        self._lock.release()
+        for callback in after:
+            try:
+                callback()
+            except Exception:  # one failing receiver must not stop delivery
+                logger.exception("a fan-out callback failed")
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def call_after(self, callback: Callable[[], None]) -> None:
+        """Run *callback* once the lock is released. Call under the lock."""
+        self._after.append(callback)
+
+
+def _tick(ref: weakref.ref[Fanout]) -> None:
+    """The heartbeat ticker of one fan-out: wakes its readers that are due.
+
+    Sleeps the fan-out's tick between rounds (no polling); holds the fan-out only
+    weakly while it sleeps; ends when the fan-out is gone or has no subscribers.
+    """
+    while True:
+        fanout = ref()
+        if fanout is None:
+            return
+        changed, tick = fanout._tick_changed, fanout._tick
+        del fanout
+        if changed.wait(tick):  # a shorter tick was asked for: wait that instead
+            changed.clear()
+            continue
+        fanout = ref()
+        if fanout is None or not fanout._wake_due():
+            return
+        del fanout
+
+
 class Fanout:
     """The subscribers of this process, by channel, and delivery to them.
 
+    Heartbeats: one ticker per fan-out (a daemon thread, a greenlet under gevent)
+    wakes, every ``_tick`` seconds (the shortest heartbeat a reader waits with),
+    each reader whose heartbeat is due, so that no waiting reader needs a timer.
+    It starts with the first reader that waits and ends when no subscriber is left.
+
     :param buffer: how many events may wait for one subscriber; past that it is cut
         off with a comment (:data:`TOO_SLOW`) and its browser reconnects and replays.
-    :param on_drop: called (under the lock) with each subscription cut off as too slow.
+    :param buffer_bytes: how many bytes may wait for one subscriber; past that too it
+        is cut off (one event of any size may always wait).
+    :param on_drop: called with each subscription cut off as too slow, after the
+        lock is released (so it may publish).
     """
 
     def __init__(
         self,
         *,
         buffer: int = 1000,
+        buffer_bytes: int = BUFFER_BYTES,
         on_drop: Callable[[Subscription], None] | None = None,
     ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer must be at least 1, got {buffer}")
-        self.lock = threading.Lock()
+        if buffer_bytes < 1:
+            raise ValueError(f"buffer_bytes must be at least 1, got {buffer_bytes}")
+        self.lock = _FanoutLock()
         self.buffer = buffer
+        self.buffer_bytes = buffer_bytes
         self.on_drop = on_drop
         self._by_channel: dict[str, set[Subscription]] = {}
         self._closed = False
+        self._ticker: threading.Thread | None = None
+        self._tick = _NEVER
+        self._tick_changed = threading.Event()
         _fanouts.add(self)
 
     def subscribe(
@@ -164,8 +314,9 @@ class Fanout:
         sub = Subscription(self, channels, missed=missed)
         for chunk in backlog:
             sub._pending.append(chunk)
+            sub._size += len(chunk)
         if sub._pending:
-            sub._wakeup.release()
+            sub._wake()
         if self._closed:  # shutting down: replay the backlog, then end
             sub._end(SHUTTING_DOWN)
             return sub
@@ -174,15 +325,20 @@ class Fanout:
         return sub
 
     def deliver(self, channel: str, chunk: bytes) -> None:
-        """Queue *chunk* for every subscriber of *channel*. Call under the lock."""
+        """Queue *chunk* for every subscriber of *channel*. Call under the lock.
+
+        Subscribers too far behind are cut off; :attr:`on_drop` hears of each once
+        the lock is released.
+        """
         subs = self._by_channel.get(channel)
         if not subs:
             return
-        dropped = [sub for sub in subs if not sub._put(chunk, self.buffer)]
+        buffer, buffer_bytes = self.buffer, self.buffer_bytes
+        dropped = [sub for sub in subs if not sub._put(chunk, buffer, buffer_bytes)]
         for sub in dropped:
             self._discard(sub)
             if self.on_drop is not None:
-                self.on_drop(sub)
+                self.lock.call_after(functools.partial(self.on_drop, sub))
 
     def remove(self, sub: Subscription) -> None:
         """Unsubscribe *sub* and end it. Takes the lock."""
@@ -223,6 +379,37 @@ class Fanout:
                 group.discard(sub)
                 if not group:
                     del self._by_channel[channel]
+
+    def _need_ticks(self, interval: float) -> None:
+        """Have the ticker run, at least every *interval* seconds. Takes the lock."""
+        interval = max(interval, _MIN_TICK)
+        with self.lock:
+            if interval < self._tick:
+                self._tick = interval
+                self._tick_changed.set()
+            if self._ticker is not None:
+                return
+            ticker = self._ticker = threading.Thread(
+                target=_tick,
+                args=(weakref.ref(self),),
+                name="eventstream-heartbeats",
+                daemon=True,
+            )
+        ticker.start()
+
+    def _wake_due(self) -> bool:
+        """Wake every reader whose heartbeat is due; ``False`` (ticker ends) if none
+        is subscribed. Takes the lock."""
+        with self.lock:
+            if not self._by_channel:
+                self._ticker = None
+                return False
+            now = time.monotonic()
+            for group in self._by_channel.values():
+                for sub in group:
+                    if sub._deadline <= now:
+                        sub._wake()
+            return True
 
 
 class Broker(ABC):

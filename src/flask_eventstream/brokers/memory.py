@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from ..event import Event
-from .base import Broker, Fanout, Subscription
+from .base import BUFFER_BYTES, Broker, Fanout, Subscription
 
 __all__ = ["MemoryBroker"]
 
@@ -51,6 +51,8 @@ class MemoryBroker(Broker):
 
     :param history: events kept per channel for replay (0 keeps none).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
+    :param buffer_bytes: bytes that may wait for one slow subscriber before it is cut
+        off.
     :param retained_channels: how many channels keep history. Past it, the channel
         published to least recently forgets its history (a client resuming there is
         told it may have missed events), so memory stays bounded even with a channel
@@ -65,6 +67,7 @@ class MemoryBroker(Broker):
         *,
         history: int = 1000,
         buffer: int = 1000,
+        buffer_bytes: int = BUFFER_BYTES,
         retained_channels: int = 10_000,
     ) -> None:
         if history < 0:
@@ -73,7 +76,7 @@ class MemoryBroker(Broker):
             raise ValueError(
                 f"retained_channels must be 1 or more, got {retained_channels}"
             )
-        self._fanout = Fanout(buffer=buffer)
+        self._fanout = Fanout(buffer=buffer, buffer_bytes=buffer_bytes)
         self._history = history
         self._retained_channels = retained_channels
         self._start = self._seq = time.time_ns() // 1000
