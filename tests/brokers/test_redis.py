@@ -7,9 +7,13 @@ an unpersisted Redis would.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -68,6 +72,18 @@ def make_app() -> Iterator[Callable[[str], tuple[Flask, EventStream]]]:
     for app, events in made:
         with app.app_context():
             events.broker().close()
+
+
+@contextlib.contextmanager
+def _pool_taken(broker: RedisBroker) -> Iterator[None]:
+    """Both pooled connections (publish and replay) taken, as under heavy load."""
+    pool: Any = broker._pool
+    held = [pool.get_connection() for _ in range(2)]
+    try:
+        yield
+    finally:
+        for connection in held:
+            pool.release(connection)
 
 
 def _redis_broker(app: Flask, events: EventStream) -> RedisBroker:
@@ -178,6 +194,140 @@ class TestConnections:
         broker.close()
         assert redis_server.clients(broker.client_name) == []
         wait_for(lambda: _listener_threads() == threads)
+
+
+class TestBusyPool:
+    """The pool of 2 (publish and replay) being busy never fails a subscription."""
+
+    def test_joining_a_channel_read_here_needs_no_redis(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        broker = make_redis_broker(redis_server.url)
+        first = Reader(broker.subscribe(["c"]))
+        joined: list[Reader] = []
+        done = threading.Event()
+
+        def join() -> None:
+            joined.extend(Reader(broker.subscribe(["c"])) for _ in range(200))
+            done.set()
+
+        # A subscription that needed a pooled connection would wait here.
+        with _pool_taken(broker):
+            threading.Thread(target=join, daemon=True).start()
+            assert done.wait(10)
+        sent = broker.publish("c", Event("to all"))
+        for reader in [first, *joined]:
+            assert [e.id for e in reader.read(1)] == [sent.id]
+            assert reader.idle(0)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    def test_many_subscribe_to_a_new_channel_at_once(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """300 threads subscribe to a channel new here at the same moment: one
+        reads where it starts, the others wait for it; every one gets each event
+        published afterwards, once, and nothing is reported unavailable."""
+        broker = make_redis_broker(redis_server.url)
+        broker.publish("news", Event("before anyone listened"))
+        count = 300
+        barrier = threading.Barrier(count)
+        readers: list[Reader] = []
+        lock = threading.Lock()
+
+        def subscribe() -> None:
+            barrier.wait(10)
+            reader = Reader(broker.subscribe(["news"]))
+            with lock:
+                readers.append(reader)
+
+        threads = [threading.Thread(target=subscribe) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(readers) == count
+        sent = [broker.publish("news", Event(f"event {n}")) for n in range(3)]
+        for reader in readers:
+            assert [e.id for e in reader.read(3)] == [e.id for e in sent]
+            assert reader.idle(0)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert 1 <= len(redis_server.clients(broker.client_name)) <= 3
+
+    def test_replay_waits_for_a_pooled_connection(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        broker = make_redis_broker(redis_server.url)
+        sent = [broker.publish("c", Event(f"event {n}")) for n in range(5)]
+        subs: list[Reader] = []
+        thread = threading.Thread(
+            target=lambda: subs.append(
+                Reader(broker.subscribe(["c"], last_event_id=sent[1].id))
+            ),
+            daemon=True,
+        )
+        with _pool_taken(broker):
+            thread.start()
+            time.sleep(0.3)  # not a timing assertion: lets it reach the busy pool
+            assert thread.is_alive()  # waiting, not failed
+        thread.join(10)
+        (reader,) = subs
+        assert not reader.subscription.missed
+        assert [e.id for e in reader.read(3)] == [e.id for e in sent[2:]]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class TestChurn:
+    def test_churn_leaves_only_the_brokers_own_connections(
+        self,
+        own_redis_server: RedisServer,
+        make_app: Callable[[str], tuple[Flask, EventStream]],
+        serve: Callable[[Flask], LiveServer],
+        open_stream: Callable[..., StreamClient],
+    ) -> None:
+        """200 short HTTP streams, 10 open at a time, while events are published:
+        afterwards no subscriber is left and Redis holds only this broker's own
+        connections (at most 3), nothing per stream."""
+        app, events = make_app(own_redis_server.url)
+        url = f"{serve(app).url}/stream?channel=churn"
+        stop = threading.Event()
+
+        def ticks() -> None:
+            with app.app_context():
+                while not stop.wait(0.005):
+                    events.publish("tick", channel="churn")
+
+        ticker = threading.Thread(target=ticks, daemon=True)
+        ticker.start()
+        try:
+            for _ in range(20):
+                clients = [open_stream(url) for _ in range(10)]
+                for client in clients:
+                    client.read_events(1)
+                    client.close()
+        finally:
+            stop.set()
+            ticker.join(10)
+        with app.app_context():
+            wait_for(lambda: events.subscriber_count() == 0)
+        name = _redis_broker(app, events).client_name
+        with own_redis_server.client() as client:
+            me = client.client_id()
+            others = [
+                entry
+                for entry in client.client_list()
+                if int(entry["id"]) != me and not entry.get("name", "") == name
+            ]
+        assert others == []
+        assert 1 <= len(own_redis_server.clients(name)) <= 3
 
 
 class TestRedisDown:

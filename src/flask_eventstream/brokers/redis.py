@@ -13,8 +13,14 @@ How it works:
   the newest); an id given to ``publish`` is stored in the entry and sent instead.
 - Per process, one listener thread (a greenlet under gevent) runs ``XREAD BLOCK`` on
   the streams of every channel that has subscribers here, and hands each entry to the
-  local :class:`~.base.Fanout`. Publishing and replay share a pool of two connections.
-  So a process holds at most three Redis connections, however many browsers it serves.
+  local :class:`~.base.Fanout`. Publishing and replay share a pool of two connections
+  (a caller waits for a free one rather than fail). So a process holds at most three
+  Redis connections, however many browsers it serves.
+- A subscription without ``Last-Event-ID`` to a channel the listener already reads
+  here needs no Redis at all: it joins the listener's cursor. Only a channel new to
+  this process costs a round trip (its newest entry id), made once however many
+  subscriptions arrive for it meanwhile (they wait for it); the listener is woken
+  through Redis only if it is blocked in ``XREAD``.
 - The listener keeps, per channel, the id of the last entry it delivered (its
   *cursor*). After a lost connection it reconnects with exponential backoff and
   jitter and resumes ``XREAD`` from the cursors: nothing Redis accepted is lost.
@@ -92,8 +98,12 @@ _BATCH = 1000
 #: Reconnection backoff of the listener, in seconds: first step and cap.
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 5.0
-#: Seconds a publish or replay waits to connect, or for a pooled connection.
+#: Seconds a publish or replay waits to connect, or for Redis to answer.
 _TIMEOUT = 5.0
+#: Seconds a publish or replay waits for a pooled connection while both are busy
+#: (a reconnect storm replaying thousands of streams): longer than a round trip, so
+#: a busy pool makes requests queue, not fail as if Redis were down.
+_POOL_WAIT = 30.0
 #: Connections for publish and replay (the listener has its own).
 _POOL_SIZE = 2
 
@@ -232,7 +242,7 @@ class RedisBroker(Broker):
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=_POOL_SIZE,
-            timeout=_TIMEOUT,
+            timeout=_POOL_WAIT,
             socket_timeout=_TIMEOUT,
             retry=Retry(NoBackoff(), 1),
             **options,
@@ -264,6 +274,10 @@ class RedisBroker(Broker):
         self._fanout = Fanout(buffer=buffer)
         # Channel -> id of the last entry delivered here. Guarded by the fan-out lock.
         self._cursors: dict[str, EntryId] = {}
+        # Channels with subscribers here whose cursor is being read from Redis (by
+        # the subscription that added them), and the event set once it is known.
+        # The listener does not read them yet. Guarded by the fan-out lock.
+        self._starting: dict[str, threading.Event] = {}
         # The newest entry id seen from Redis: where a channel subscribed while Redis
         # is down starts. Written by any thread; a stale value only costs events
         # that came just before the subscription.
@@ -275,6 +289,9 @@ class RedisBroker(Broker):
         # Written by a subscriber that adds a channel, so a blocked XREAD returns.
         self._wake_key = f"{key_prefix}listener:{token}"
         self._changed = threading.Event()
+        # True while the listener is (about to be) blocked in XREAD: only then does
+        # a new channel need the Redis-side wake-up. Listener-written.
+        self._blocking = False
         self._closing = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -356,14 +373,18 @@ class RedisBroker(Broker):
         *last_event_id* may be a stream entry id (from any process) or an id given to
         ``publish``. If it is no longer in the history (or never was), the
         subscription's ``missed`` is true and it gets the whole retained history.
+
+        Without *last_event_id*, a channel that already has subscribers in this
+        process costs no Redis round trip: the subscription joins the listener's
+        cursor. A channel new here costs one (its newest entry id), shared by every
+        subscription that arrives for it meanwhile.
         """
         names = list(dict.fromkeys(channels))
         self._ensure_listener()
+        if not last_event_id:
+            return self._subscribe_live(names)
         try:
-            if last_event_id:
-                replay, missed = self._history_after(names, last_event_id)
-            else:
-                replay, missed = self._newest(names), False
+            replay, missed = self._history_after(names, last_event_id)
             return self._register(names, replay, missed)
         except _UNAVAILABLE as exc:
             logger.warning(
@@ -374,6 +395,81 @@ class RedisBroker(Broker):
                 names,
             )
             return self._register_unknown(names, missed=bool(last_event_id))
+
+    def _subscribe_live(self, names: list[str]) -> Subscription:
+        """Register for live events only, at once; read Redis for new channels only.
+
+        No gap: every event published after this returns has an id above the
+        cursor it is read from. The cursor of a channel already read here is the
+        listener's (it delivered up to there, and entries it has not delivered yet
+        go to this subscription too). A new channel starts at its newest entry, read
+        by the subscription that added it while every other one for it waits, so
+        none returns before its start is known. No duplicate: one cursor per
+        channel. An event published *while* this runs may or may not be delivered,
+        as with any concurrent publish.
+        """
+        with self._fanout.lock:
+            live = set(self._fanout.channels())
+            fresh = [
+                name
+                for name in names
+                if name not in live and name not in self._starting
+            ]
+            for name in fresh:
+                # A stale cursor (its subscribers just left) must not be read on.
+                self._cursors.pop(name, None)
+                self._starting[name] = threading.Event()
+            waits = [
+                self._starting[name]
+                for name in names
+                if name in self._starting and name not in fresh
+            ]
+            sub = self._fanout.subscribe(names)
+        if fresh:
+            try:
+                self._start(fresh)
+            except BaseException:  # e.g. the request's greenlet killed: no orphan
+                sub.close()
+                raise
+        for started in waits:
+            # Set by _start in a finally, after at most a pool wait and a timeout.
+            started.wait(_POOL_WAIT + 2 * _TIMEOUT)
+        return sub
+
+    def _start(self, fresh: list[str]) -> None:
+        """Read where the new channels start, and let the listener read them."""
+        start: dict[str, EntryId] = {}
+        try:
+            start = {name: upto for name, (upto, _) in self._newest(fresh).items()}
+        except RedisError as exc:  # unavailable, or a key that is not a stream
+            logger.warning(
+                "Redis at %s is unavailable (%s): channels %s get live events only "
+                "once it is back",
+                self._where,
+                exc,
+                fresh,
+            )
+        finally:
+            with self._fanout.lock:
+                live = set(self._fanout.channels())
+                for name in fresh:
+                    started = self._starting.pop(name)
+                    if name in live:
+                        self._cursors[name] = start.get(name, self._clock)
+                    started.set()
+            if start:
+                self._seen(max(start.values()))
+            self._wake()
+
+    def _await_started(self, names: list[str]) -> None:
+        """Wait until no channel of *names* is still being started (call unlocked)."""
+        while True:
+            with self._fanout.lock:
+                waits = [self._starting[n] for n in names if n in self._starting]
+            if not waits:
+                return
+            for started in waits:
+                started.wait(_POOL_WAIT + 2 * _TIMEOUT)
 
     def _newest(self, names: list[str]) -> dict[str, tuple[EntryId, list[_Entry]]]:
         """For each channel: the id of its newest entry, and no backlog."""
@@ -476,8 +572,12 @@ class RedisBroker(Broker):
         listener delivers what follows); if the listener is ahead of what was read,
         the gap is read first, outside the lock while that converges.
         """
-        for attempt in range(4):
+        attempt = 0
+        while True:
+            self._await_started(names)
             with self._fanout.lock:
+                if any(name in self._starting for name in names):
+                    continue  # started again meanwhile: its cursor is not known yet
                 live = set(self._fanout.channels())
                 behind = {
                     name: self._cursors[name]
@@ -491,6 +591,7 @@ class RedisBroker(Broker):
                     sub, added = self._register_locked(names, replay, missed, live)
                     break
             self._catch_up(replay, behind)
+            attempt += 1
         if added:
             self._wake()
         return sub
@@ -541,10 +642,11 @@ class RedisBroker(Broker):
     def _register_unknown(self, names: list[str], *, missed: bool) -> Subscription:
         """Register without reading Redis (it is down): new channels start at the
         newest entry id this broker has seen, or at this host's clock."""
+        self._await_started(names)
         with self._fanout.lock:
             live = set(self._fanout.channels())
             for name in names:
-                if name not in live:
+                if name not in live and name not in self._starting:
                     self._cursors[name] = self._clock
             sub = self._fanout.subscribe(names, missed=missed)
         self._wake()
@@ -594,8 +696,16 @@ class RedisBroker(Broker):
                 self._thread.start()
 
     def _wake(self) -> None:
-        """Make the listener re-read the channel set now (it may be in XREAD BLOCK)."""
+        """Make the listener re-read the channel set now.
+
+        Only a listener blocked in XREAD needs a note in Redis (a round trip on the
+        pool); otherwise the local event is enough. The listener sets ``_blocking``
+        and then checks ``_changed`` before it blocks, and this sets ``_changed``
+        and then checks ``_blocking``: one of the two sees the other.
+        """
         self._changed.set()
+        if not self._blocking:
+            return
         try:
             self._redis.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
         except RedisError:
@@ -642,10 +752,16 @@ class RedisBroker(Broker):
         streams.update(
             (self.key(name), _format_id(cursor)) for name, cursor in snapshot.items()
         )
-        reply = cast(
-            "list[tuple[bytes, list[_RawEntry]]]",
-            self._listen.xread(streams, count=_BATCH, block=self._block_ms) or [],
-        )
+        self._blocking = True
+        try:
+            if self._changed.is_set():
+                return  # a channel came meanwhile: read the channel set again
+            reply = cast(
+                "list[tuple[bytes, list[_RawEntry]]]",
+                self._listen.xread(streams, count=_BATCH, block=self._block_ms) or [],
+            )
+        finally:
+            self._blocking = False
         batch: list[tuple[EntryId, str, bytes]] = []
         last: dict[str, EntryId] = {}
         for raw_key, entries in reply:
