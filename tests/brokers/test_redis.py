@@ -224,6 +224,29 @@ class TestBusyPool:
             assert reader.idle(0)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
+    def test_a_channel_read_a_moment_ago_needs_no_redis_either(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+    ) -> None:
+        """The last subscriber leaves and one comes back (a reload, churn): the
+        listener still reads the channel, so the new one joins it at once."""
+        broker = make_redis_broker(redis_server.url)
+        broker.subscribe(["c"]).close()
+        assert broker.subscriber_count("c") == 0
+        back: list[Reader] = []
+        done = threading.Event()
+
+        def rejoin() -> None:
+            back.append(Reader(broker.subscribe(["c"])))
+            done.set()
+
+        with _pool_taken(broker):
+            threading.Thread(target=rejoin, daemon=True).start()
+            assert done.wait(10)  # it would wait for the pool (30 s) if it needed it
+        sent = broker.publish("c", Event("welcome back"))
+        assert [e.id for e in back[0].read(1)] == [sent.id]
+
     def test_many_subscribe_to_a_new_channel_at_once(
         self,
         redis_server: RedisServer,

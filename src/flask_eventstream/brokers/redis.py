@@ -17,7 +17,8 @@ How it works:
   (a caller waits for a free one rather than fail). So a process holds at most three
   Redis connections, however many browsers it serves.
 - A subscription without ``Last-Event-ID`` to a channel the listener already reads
-  here needs no Redis at all: it joins the listener's cursor. Only a channel new to
+  here (it has subscribers here, or had some in the last :data:`_LINGER` seconds)
+  needs no Redis at all: it joins the listener's cursor. Only a channel new to
   this process costs a round trip (its newest entry id), made once however many
   subscriptions arrive for it meanwhile (they wait for it); the listener is woken
   through Redis only if it is blocked in ``XREAD``.
@@ -86,10 +87,13 @@ logger = logging.getLogger(__name__)
 #: Errors that mean "Redis cannot be reached or cannot take writes right now".
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
-#: How long one XREAD blocks (at most; see ``stats_interval``). Bounds how late a
-#: channel nobody listens to any more is dropped from the listener's XREAD; new
-#: channels wake it at once.
+#: How long one XREAD blocks (at most; see ``stats_interval``). New channels wake
+#: it at once.
 _BLOCK_MS = 5000
+#: Seconds the listener goes on reading a channel after its last subscriber here
+#: left, so that one coming back (a page reload, a reconnecting browser, churn)
+#: joins at the listener's cursor with no round trip to Redis.
+_LINGER = 2.0
 #: A process's counts in Redis expire after this many refresh intervals: a process
 #: that died without closing its broker drops out of the cluster counts.
 _STATS_TTL_INTERVALS = 3
@@ -272,8 +276,12 @@ class RedisBroker(Broker):
             f"{location.get('host', 'localhost')}:{location.get('port', 6379)}"
         )
         self._fanout = Fanout(buffer=buffer)
-        # Channel -> id of the last entry delivered here. Guarded by the fan-out lock.
+        # Channel -> id of the last entry read here: the channels the listener reads
+        # (with subscribers, or lingering). Guarded by the fan-out lock.
         self._cursors: dict[str, EntryId] = {}
+        # Lingering channel -> when the listener saw it without subscribers (a
+        # monotonic time). Listener-owned.
+        self._idle_since: dict[str, float] = {}
         # Channels with subscribers here whose cursor is being read from Redis (by
         # the subscription that added them), and the event set once it is known.
         # The listener does not read them yet. Guarded by the fan-out lock.
@@ -402,22 +410,21 @@ class RedisBroker(Broker):
         No gap: every event published after this returns has an id above the
         cursor it is read from. The cursor of a channel already read here is the
         listener's (it delivered up to there, and entries it has not delivered yet
-        go to this subscription too). A new channel starts at its newest entry, read
+        go to this subscription too; a channel keeps its cursor a while after its
+        last subscriber left, see :data:`_LINGER`). A new channel starts at its
+        newest entry, read
         by the subscription that added it while every other one for it waits, so
         none returns before its start is known. No duplicate: one cursor per
         channel. An event published *while* this runs may or may not be delivered,
         as with any concurrent publish.
         """
         with self._fanout.lock:
-            live = set(self._fanout.channels())
             fresh = [
                 name
                 for name in names
-                if name not in live and name not in self._starting
+                if name not in self._cursors and name not in self._starting
             ]
             for name in fresh:
-                # A stale cursor (its subscribers just left) must not be read on.
-                self._cursors.pop(name, None)
                 self._starting[name] = threading.Event()
             waits = [
                 self._starting[name]
@@ -451,11 +458,10 @@ class RedisBroker(Broker):
             )
         finally:
             with self._fanout.lock:
-                live = set(self._fanout.channels())
                 for name in fresh:
                     started = self._starting.pop(name)
-                    if name in live:
-                        self._cursors[name] = start.get(name, self._clock)
+                    # Even if its subscribers left meanwhile: it lingers, then goes.
+                    self._cursors[name] = start.get(name, self._clock)
                     started.set()
             if start:
                 self._seen(max(start.values()))
@@ -578,17 +584,17 @@ class RedisBroker(Broker):
             with self._fanout.lock:
                 if any(name in self._starting for name in names):
                     continue  # started again meanwhile: its cursor is not known yet
-                live = set(self._fanout.channels())
+                read = set(self._cursors)
                 behind = {
                     name: self._cursors[name]
                     for name in names
-                    if name in live and self._cursors[name] > replay[name][0]
+                    if name in read and self._cursors[name] > replay[name][0]
                 }
                 if behind and attempt == 3:
                     self._catch_up(replay, behind)  # rare: a busy channel, under lock
                     behind = {}
                 if not behind:
-                    sub, added = self._register_locked(names, replay, missed, live)
+                    sub, added = self._register_locked(names, replay, missed, read)
                     break
             self._catch_up(replay, behind)
             attempt += 1
@@ -619,13 +625,13 @@ class RedisBroker(Broker):
         names: list[str],
         replay: dict[str, tuple[EntryId, list[_Entry]]],
         missed: bool,
-        live: set[str],
+        read: set[str],
     ) -> tuple[Subscription, bool]:
         backlog: list[_Entry] = []
         added = False
         for name in names:
             upto, entries = replay[name]
-            if name in live:
+            if name in read:
                 cursor = self._cursors[name]
                 backlog.extend(entry for entry in entries if entry.id <= cursor)
             else:
@@ -644,9 +650,8 @@ class RedisBroker(Broker):
         newest entry id this broker has seen, or at this host's clock."""
         self._await_started(names)
         with self._fanout.lock:
-            live = set(self._fanout.channels())
             for name in names:
-                if name not in live and name not in self._starting:
+                if name not in self._cursors and name not in self._starting:
                     self._cursors[name] = self._clock
             sub = self._fanout.subscribe(names, missed=missed)
         self._wake()
@@ -732,13 +737,28 @@ class RedisBroker(Broker):
                 self._closing.wait(_BACKOFF_CAP)
 
     def _listen_once(self) -> None:
-        """One XREAD over every channel with subscribers here, delivered in order."""
+        """One XREAD over every channel read here, delivered in order.
+
+        A channel read here has subscribers, or had some less than :data:`_LINGER`
+        seconds ago.
+        """
         self._changed.clear()  # before the snapshot: a later change is not lost
+        now = time.monotonic()
+        block_ms = self._block_ms
         with self._fanout.lock:
             live = set(self._fanout.channels())
-            for name in [name for name in self._cursors if name not in live]:
-                del self._cursors[name]
+            for name in list(self._cursors):
+                if name in live:
+                    self._idle_since.pop(name, None)
+                    continue
+                left = self._idle_since.setdefault(name, now) + _LINGER - now
+                if left <= 0:
+                    del self._cursors[name], self._idle_since[name]
+                else:  # wake up when it is due to go
+                    block_ms = min(block_ms, max(1, int(left * 1000) + 1))
             snapshot = dict(self._cursors)
+        for name in [name for name in self._idle_since if name not in snapshot]:
+            del self._idle_since[name]  # started again, or gone with its cursor
         if not snapshot:
             self._forget_counts()
             self._listen_pool.disconnect()  # idle: hold no connection
@@ -758,7 +778,7 @@ class RedisBroker(Broker):
                 return  # a channel came meanwhile: read the channel set again
             reply = cast(
                 "list[tuple[bytes, list[_RawEntry]]]",
-                self._listen.xread(streams, count=_BATCH, block=self._block_ms) or [],
+                self._listen.xread(streams, count=_BATCH, block=block_ms) or [],
             )
         finally:
             self._blocking = False
@@ -776,13 +796,10 @@ class RedisBroker(Broker):
                     batch.append((entry_id, channel, wire))
         batch.sort(key=lambda item: (item[0], item[1]))
         with self._fanout.lock:
-            live = set(self._fanout.channels())
             # A channel whose cursor moved since the snapshot was dropped and
-            # subscribed again: the next XREAD reads it from its new cursor.
+            # started again: the next XREAD reads it from its new cursor.
             current = {
-                name
-                for name in last
-                if name in live and self._cursors.get(name) == snapshot[name]
+                name for name in last if self._cursors.get(name) == snapshot[name]
             }
             for name in current:
                 self._cursors[name] = last[name]
