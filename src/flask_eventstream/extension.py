@@ -45,7 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_HEARTBEAT": 15.0,
     "EVENTSTREAM_HISTORY": 1000,
     "EVENTSTREAM_BUFFER": 1000,
-    "EVENTSTREAM_BUFFER_BYTES": 1024 * 1024,
+    "EVENTSTREAM_BUFFER_BYTES": 8 * 1024 * 1024,
     "EVENTSTREAM_RETRY": None,
     "EVENTSTREAM_MAX_EVENT_SIZE": 1024 * 1024,
     "EVENTSTREAM_MAX_CHANNELS": 16,
@@ -137,7 +137,7 @@ class EventStream:
             Events kept per channel for replay by ``Last-Event-ID``.
         ``EVENTSTREAM_BUFFER`` (``1000``)
             Events that may wait for one slow client before it is cut off.
-        ``EVENTSTREAM_BUFFER_BYTES`` (``1048576``)
+        ``EVENTSTREAM_BUFFER_BYTES`` (``8388608``)
             Bytes that may wait for one slow client before it is cut off (one event
             of any size may always wait).
         ``EVENTSTREAM_RETRY`` (``None``)
