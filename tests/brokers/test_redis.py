@@ -307,6 +307,44 @@ class TestBusyPool:
         assert [e.id for e in reader.read(3)] == [e.id for e in sent[2:]]
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
+    def test_a_reconnect_storm_replays_every_stream_once(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """300 browsers of a dead worker resume here from the same id at once,
+        while events go on: each gets exactly what it missed, then live events,
+        once each and in order (the history read is shared)."""
+        broker = make_redis_broker(redis_server.url)
+        sent = [broker.publish("chat", Event(f"event {n}")) for n in range(10)]
+        count = 300
+        barrier = threading.Barrier(count + 1)
+        readers: list[Reader] = []
+        lock = threading.Lock()
+
+        def resume() -> None:
+            barrier.wait(10)
+            reader = Reader(broker.subscribe(["chat"], last_event_id=sent[3].id))
+            with lock:
+                readers.append(reader)
+
+        threads = [threading.Thread(target=resume) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        barrier.wait(10)
+        during = [broker.publish("chat", Event(f"during {n}")) for n in range(5)]
+        for thread in threads:
+            thread.join(30)
+        after = broker.publish("chat", Event("after"))
+        expected = [e.id for e in sent[4:] + during + [after]]
+        assert len(readers) == count
+        for reader in readers:
+            assert not reader.subscription.missed
+            assert [e.id for e in reader.read(len(expected))] == expected
+            assert reader.idle(0)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
 
 class TestChurn:
     def test_churn_leaves_only_the_brokers_own_connections(

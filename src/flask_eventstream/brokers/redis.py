@@ -108,6 +108,9 @@ _TIMEOUT = 5.0
 #: (a reconnect storm replaying thousands of streams): longer than a round trip, so
 #: a busy pool makes requests queue, not fail as if Redis were down.
 _POOL_WAIT = 30.0
+#: Longest a channel's start can take (a pool wait, then connecting and reading,
+#: retried once): how long other subscriptions to it wait for it at most.
+_START_WAIT = _POOL_WAIT + 4 * _TIMEOUT
 #: Connections for publish and replay (the listener has its own).
 _POOL_SIZE = 2
 
@@ -161,6 +164,21 @@ def _raw(reply: Any) -> list[_RawEntry]:
 class _Entry(NamedTuple):
     id: EntryId
     wire: bytes
+
+
+#: What a history read gives: per channel the newest entry id read and the entries
+#: to replay (oldest first); and whether events may have been missed.
+_Replay = tuple[dict[str, tuple[EntryId, list[_Entry]]], bool]
+
+
+class _Read:
+    """One history read in flight, shared by the subscriptions that wait for it."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: _Replay | None = None
 
 
 def _parse_id(raw: bytes | str) -> EntryId:
@@ -286,6 +304,10 @@ class RedisBroker(Broker):
         # the subscription that added them), and the event set once it is known.
         # The listener does not read them yet. Guarded by the fan-out lock.
         self._starting: dict[str, threading.Event] = {}
+        # History reads in flight, by (channels, Last-Event-ID): a reconnect storm
+        # (a worker died; its browsers all resume from the same id) reads once.
+        self._reads: dict[tuple[tuple[str, ...], str], _Read] = {}
+        self._reads_lock = threading.Lock()
         # The newest entry id seen from Redis: where a channel subscribed while Redis
         # is down starts. Written by any thread; a stale value only costs events
         # that came just before the subscription.
@@ -392,7 +414,7 @@ class RedisBroker(Broker):
         if not last_event_id:
             return self._subscribe_live(names)
         try:
-            replay, missed = self._history_after(names, last_event_id)
+            replay, missed = self._shared_history(names, last_event_id)
             return self._register(names, replay, missed)
         except _UNAVAILABLE as exc:
             logger.warning(
@@ -439,8 +461,8 @@ class RedisBroker(Broker):
                 sub.close()
                 raise
         for started in waits:
-            # Set by _start in a finally, after at most a pool wait and a timeout.
-            started.wait(_POOL_WAIT + 2 * _TIMEOUT)
+            # Set by _start in a finally, after at most a pool wait and timeouts.
+            started.wait(_START_WAIT)
         return sub
 
     def _start(self, fresh: list[str]) -> None:
@@ -475,7 +497,36 @@ class RedisBroker(Broker):
             if not waits:
                 return
             for started in waits:
-                started.wait(_POOL_WAIT + 2 * _TIMEOUT)
+                started.wait(_START_WAIT)
+
+    def _shared_history(self, names: list[str], last_event_id: str) -> _Replay:
+        """:meth:`_history_after`, read once for every subscription that asks for
+        the same channels and id while it is being read.
+
+        Joining a read that began before this call is safe: registering extends a
+        replay to the listener's cursor (or starts the listener at its end), so an
+        older snapshot of the history only means a longer catch-up, never a gap.
+        Each caller gets its own lists (registering appends to them).
+        """
+        key = (tuple(names), last_event_id)
+        with self._reads_lock:
+            read = self._reads.get(key)
+            leader = read is None
+            if read is None:
+                read = self._reads[key] = _Read()
+        if leader:
+            try:
+                read.result = self._history_after(names, last_event_id)
+            finally:
+                with self._reads_lock:
+                    del self._reads[key]
+                read.done.set()
+        else:
+            read.done.wait(_START_WAIT)
+        # The leader failed (Redis is down: this fails too) or took too long.
+        replay, missed = read.result or self._history_after(names, last_event_id)
+        copies = {name: (upto, list(found)) for name, (upto, found) in replay.items()}
+        return copies, missed
 
     def _newest(self, names: list[str]) -> dict[str, tuple[EntryId, list[_Entry]]]:
         """For each channel: the id of its newest entry, and no backlog."""
@@ -488,9 +539,7 @@ class RedisBroker(Broker):
             for name, found in zip(names, newest, strict=True)
         }
 
-    def _history_after(
-        self, names: list[str], last_event_id: str
-    ) -> tuple[dict[str, tuple[EntryId, list[_Entry]]], bool]:
+    def _history_after(self, names: list[str], last_event_id: str) -> _Replay:
         """For each channel: the newest entry id read and the entries after the one
         *last_event_id* names, oldest first; and whether events may have been missed.
         """
