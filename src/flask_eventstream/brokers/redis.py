@@ -404,10 +404,13 @@ class RedisBroker(Broker):
         ``publish``. If it is no longer in the history (or never was), the
         subscription's ``missed`` is true and it gets the whole retained history.
 
-        Without *last_event_id*, a channel that already has subscribers in this
-        process costs no Redis round trip: the subscription joins the listener's
-        cursor. A channel new here costs one (its newest entry id), shared by every
-        subscription that arrives for it meanwhile.
+        Without *last_event_id*, a channel this process already reads (it has
+        subscribers here, or had some in the last :data:`_LINGER` seconds) costs no
+        Redis round trip: the subscription joins the listener's cursor. A channel
+        new here costs one (its newest entry id), shared by every subscription that
+        arrives for it meanwhile. Subscriptions resuming from the same id at the
+        same time share one history read. While both pooled connections are busy,
+        this waits for one (up to 30 s) rather than report Redis unavailable.
         """
         names = list(dict.fromkeys(channels))
         self._ensure_listener()
@@ -434,11 +437,10 @@ class RedisBroker(Broker):
         listener's (it delivered up to there, and entries it has not delivered yet
         go to this subscription too; a channel keeps its cursor a while after its
         last subscriber left, see :data:`_LINGER`). A new channel starts at its
-        newest entry, read
-        by the subscription that added it while every other one for it waits, so
-        none returns before its start is known. No duplicate: one cursor per
-        channel. An event published *while* this runs may or may not be delivered,
-        as with any concurrent publish.
+        newest entry, read by the subscription that added it while every other one
+        for it waits, so none returns before its start is known. No duplicate: one
+        cursor per channel. An event published *while* this runs may or may not be
+        delivered, as with any concurrent publish.
         """
         with self._fanout.lock:
             fresh = [
