@@ -391,6 +391,41 @@ class TestChurn:
         assert 1 <= len(own_redis_server.clients(name)) <= 3
 
 
+class TestPublishRetry:
+    def test_a_retried_publish_is_stored_once(
+        self,
+        redis_server: RedisServer,
+        make_redis_broker: Callable[[str], RedisBroker],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A retry of an attempt whose reply was lost returns the stored entry."""
+        broker = make_redis_broker(redis_server.url)
+        reader = Reader(broker.subscribe(["r"]))
+        # The third publish reuses the first one's token: what redis-py's retry
+        # of a stored attempt sends.
+        tokens = iter(["attempt-a", "attempt-b", "attempt-a", "attempt-c"])
+        monkeypatch.setattr(
+            "flask_eventstream.brokers.redis.secrets.token_hex", lambda n: next(tokens)
+        )
+        first = broker.publish("r", Event("once"))
+        broker.publish("r", Event("other"))  # another publisher in between
+        retried = broker.publish("r", Event("once"))
+        broker.publish("r", Event("last"))
+        assert retried.id == first.id
+        assert [e.data for e in reader.read(3)] == ["once", "other", "last"]
+        assert reader.idle()  # nothing more: the retry stored no second entry
+        assert len(reader.events) == 3
+
+    def test_distinct_publishes_of_equal_events_are_all_stored(
+        self, redis_server: RedisServer, make_redis_broker: Callable[[str], RedisBroker]
+    ) -> None:
+        broker = make_redis_broker(redis_server.url)
+        reader = Reader(broker.subscribe(["e"]))
+        ids = {broker.publish("e", Event("same")).id for _ in range(3)}
+        assert len(ids) == 3
+        assert [e.data for e in reader.read(3)] == ["same"] * 3
+
+
 class TestRedisDown:
     def test_publish_while_down_raises_broker_unavailable(
         self,

@@ -51,6 +51,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import socket
 import threading
 import time
@@ -116,17 +117,32 @@ _POOL_SIZE = 2
 
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
-# Fields of a stream entry: data, event type, explicit id, retry.
-_DATA, _TYPE, _ID, _RETRY = b"d", b"e", b"i", b"r"
+# Fields of a stream entry: data, event type, explicit id, retry, publish token.
+_DATA, _TYPE, _ID, _RETRY, _TOKEN = b"d", b"e", b"i", b"r", b"t"
+#: How many of a stream's newest entries a publish looks through for its own token.
+_DEDUPE_WINDOW = 64
 
 #: XADD with an id unique across all channels, not only within one stream: the
 #: Redis clock in ms and a sequence number, both taken from the last id given out
 #: (KEYS[2]) so they never go back. Then a multi-channel stream resumed from one
 #: channel's id cannot skip another channel's entry that got the same id. An id
 #: refused (a stream written by something else) falls back to the stream's own.
-#: KEYS: stream, last-id key; ARGV: maxlen, field, value, ...
+#: A publish is retried once when its connection breaks; if the first attempt was
+#: stored and only the reply was lost, the retry finds the attempt's random token
+#: (field ``t``) among the newest entries and returns that entry's id instead of
+#: storing the event twice.
+#: KEYS: stream, last-id key; ARGV: maxlen, token, dedupe window, field, value, ...
 _XADD = """
 if redis.replicate_commands then redis.replicate_commands() end
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
+for _, entry in ipairs(recent) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+        if fields[i] == 't' and fields[i + 1] == ARGV[2] then
+            return entry[1]
+        end
+    end
+end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local seq = 0
@@ -139,9 +155,9 @@ if last then
     end
 end
 local id = string.format('%.0f-%.0f', ms, seq)
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 2))
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 4))
 if type(added) == 'table' and added.err then
-    added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+    added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
 end
 redis.call('SET', KEYS[2], added)
 return added
@@ -373,10 +389,12 @@ class RedisBroker(Broker):
             fields += [_ID, event.id]
         if event.retry is not None:
             fields += [_RETRY, str(event.retry)]
+        token = secrets.token_hex(8)
+        fields += [_TOKEN, token]
         try:
             entry_id = self._xadd(
                 keys=[self.key(channel), self._last_id_key],
-                args=[self._history, *fields],
+                args=[self._history, token, _DEDUPE_WINDOW, *fields],
                 client=self._redis,
             )
         except _UNAVAILABLE as exc:
