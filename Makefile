@@ -35,7 +35,7 @@ check: install-test
 install-bench: $(BIN)/python system-deps
 	$(PIP) install -e '.[redis,gevent]' --group bench
 
-## make bench: quick benchmarks vs Flask-SSE and sse-starlette (a few minutes);
+## make bench: quick benchmarks vs Flask-SSE and sse-starlette (about 10 minutes on 2 cores);
 ## writes benchmarks/results/<date>-quick.md and .png
 bench: install-bench
 	$(BIN)/python -m benchmarks.run --quick

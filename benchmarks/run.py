@@ -1,6 +1,6 @@
 """Runs every scenario against every server, side by side, and writes the results.
 
-Usage: ``python -m benchmarks.run --quick`` (``make bench``, a few minutes) or
+Usage: ``python -m benchmarks.run --quick`` (``make bench``, about 10 minutes on 2 cores) or
 ``--full`` (``make bench-full``, the sizes of issue 5). Writes
 ``benchmarks/results/<date>-<quick|full>.md`` (a Markdown table with ratios to
 Flask-SSE, versions, machine) and a ``.png`` chart beside it.
@@ -205,6 +205,10 @@ class Server:
             "4096",
             "--timeout",
             "120",
+            # Stopping a server between scenarios is not measured: without this,
+            # gunicorn waits its default 30 s for streams that never end.
+            "--graceful-timeout",
+            "2",
             "--log-level",
             "warning",
         ]
@@ -227,6 +231,8 @@ class Server:
                 str(self.port),
                 "--backlog",
                 "4096",
+                "--timeout-graceful-shutdown",
+                "2",
                 "--log-level",
                 "warning",
                 "--no-access-log",
@@ -255,7 +261,7 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
