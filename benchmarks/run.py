@@ -1,7 +1,7 @@
 """Runs every scenario against every server, side by side, and writes the results.
 
-Usage: ``python -m benchmarks.run --quick`` (``make bench``, about 10 minutes on 2 cores) or
-``--full`` (``make bench-full``, the sizes of issue 5). Writes
+Usage: ``python -m benchmarks.run --quick`` (``make bench``, about 10 minutes on
+2 cores) or ``--full`` (``make bench-full``, the sizes of issue 5). Writes
 ``benchmarks/results/<date>-<quick|full>.md`` (a Markdown table with ratios to
 Flask-SSE, versions, machine) and a ``.png`` chart beside it.
 
