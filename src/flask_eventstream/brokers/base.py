@@ -371,6 +371,11 @@ class Fanout:
         """Channels with at least one subscriber here. Call under the lock."""
         return list(self._by_channel)
 
+    def counts(self) -> dict[str, int]:
+        """Live subscriptions per channel (one on several channels counts in each)."""
+        with self.lock:
+            return {name: len(group) for name, group in self._by_channel.items()}
+
     def count(self, channel: str | None = None) -> int:
         """Live subscriptions on *channel*, or in all (each counted once)."""
         with self.lock:
@@ -444,9 +449,14 @@ class Broker(ABC):
     ) -> Subscription:
         """Subscribe to *channels*; replay what came after *last_event_id* first."""
 
+    @property
     @abstractmethod
+    def fanout(self) -> Fanout:
+        """This process's subscribers, which the broker delivers to."""
+
     def subscriber_count(self, channel: str | None = None) -> int:
         """Live subscribers in this process, on *channel* or on all channels."""
+        return self.fanout.count(channel)
 
     @abstractmethod
     def close(self) -> None:
@@ -459,13 +469,7 @@ class Broker(ABC):
         This default, for a broker that shares nothing (the memory broker), counts
         this process's; the Redis broker adds up every process's.
         """
-        fanout = getattr(self, "fanout", None)
-        if not isinstance(fanout, Fanout):
-            return {}
-        with fanout.lock:
-            names = fanout.channels()
-        counts = {name: fanout.count(name) for name in names}
-        return {name: count for name, count in counts.items() if count}
+        return self.fanout.counts()
 
     def __enter__(self) -> Broker:
         return self

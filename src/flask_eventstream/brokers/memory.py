@@ -152,8 +152,5 @@ class MemoryBroker(Broker):
                 return seq
         return None
 
-    def subscriber_count(self, channel: str | None = None) -> int:
-        return self._fanout.count(channel)
-
     def close(self) -> None:
         self._fanout.end_all()

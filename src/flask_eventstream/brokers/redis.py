@@ -726,9 +726,6 @@ class RedisBroker(Broker):
         self._wake()
         return sub
 
-    def subscriber_count(self, channel: str | None = None) -> int:
-        return self._fanout.count(channel)
-
     def cluster_subscriber_counts(self) -> dict[str, int]:
         """Live subscribers per channel in every process on this Redis and prefix.
 
@@ -891,10 +888,7 @@ class RedisBroker(Broker):
             and self._lost_at is None
         ):
             return
-        with self._fanout.lock:
-            names = self._fanout.channels()
-        counts = {name: self._fanout.count(name) for name in names}
-        counts = {name: count for name, count in counts.items() if count}
+        counts = self._fanout.counts()
         ttl_ms = max(1, int(self._stats_interval * _STATS_TTL_INTERVALS * 1000))
         pipe = self._listen.pipeline(transaction=True)
         pipe.delete(self._stats_key)
