@@ -7,6 +7,7 @@ import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
@@ -77,9 +78,12 @@ class _State:
     token_max_age: int
     jwt: JWTVerifier | None
 
-    @property
+    @cached_property
     def preamble(self) -> bytes:
-        """First bytes of every stream: a ``retry:`` block or a comment (S1, O1)."""
+        """First bytes of every stream: a ``retry:`` block or a comment (S1, O1).
+
+        Built once per app, not per connection.
+        """
         if self.retry is not None:
             return f"retry: {self.retry}\n\n".encode()
         return encode_comment("stream open")
