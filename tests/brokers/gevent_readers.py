@@ -1,0 +1,144 @@
+"""Greenlet readers on a fan-out, in a gevent-patched process of their own.
+
+Run by ``test_gevent_readers.py`` as ``python gevent_readers.py SCENARIO READERS
+EVENTS``; prints one JSON object with what the readers got. Patching must come
+before anything else imports ``threading``: hence a script, not a test module.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.hub import get_hub  # noqa: E402
+
+from flask_eventstream.brokers.base import Fanout, Subscription  # noqa: E402
+
+READERS, EVENTS = (int(arg) for arg in sys.argv[2:4])
+
+
+def _read_all(sub: Subscription, into: list[bytes], timeout: float = 5) -> None:
+    """Read until the subscription ends (``None``), as a response body does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = sub.next_chunk(timeout)
+        if chunk is None:
+            return
+        if chunk:
+            into.append(chunk)
+
+
+def _deliver(fanout: Fanout, count: int, *, pause: bool = True) -> None:
+    """Deliver *count* events, then end every subscription; with *pause*, let the
+    readers run between two events (one wake-up each), else back to back."""
+    for n in range(count):
+        with fanout.lock:
+            fanout.deliver("c", b"%d;" % n)
+        if pause:
+            gevent.sleep(0)
+    fanout.end_all()
+
+
+def _readers(
+    fanout: Fanout,
+) -> tuple[list[Subscription], list[list[bytes]], list[gevent.Greenlet]]:
+    """Subscriptions to channel ``c``, each read by a greenlet into its list."""
+    with fanout.lock:
+        subs = [fanout.subscribe(["c"]) for _ in range(READERS)]
+    got: list[list[bytes]] = [[] for _ in subs]
+    greenlets = [gevent.spawn(_read_all, s, g) for s, g in zip(subs, got, strict=True)]
+    gevent.sleep(0.05)  # every reader parked
+    return subs, got, greenlets
+
+
+def _sequences(got: list[list[bytes]]) -> list[list[int]]:
+    return [[int(n) for n in b"".join(chunks).split(b";") if n] for chunks in got]
+
+
+def same_hub() -> dict[str, Any]:
+    """Readers are greenlets; the publisher is a greenlet of the same hub."""
+    fanout = Fanout()
+    subs, got, greenlets = _readers(fanout)
+    parked = sum(sub._waiter is not None for sub in subs)
+    _deliver(fanout, EVENTS)
+    gevent.joinall(greenlets, timeout=10)
+    return {"parked": parked, "sequences": _sequences(got)}
+
+
+def other_os_thread() -> dict[str, Any]:
+    """The publisher runs on a real OS thread (gevent's thread pool)."""
+    fanout = Fanout()
+    subs, got, greenlets = _readers(fanout)
+    sleep = monkey.get_original("time", "sleep")
+
+    def publish() -> bool:
+        # The first event, then wait (blocking this OS thread only) for every reader
+        # to have it: only a thread-safe wake-up gets the hub to run them meanwhile.
+        with fanout.lock:
+            fanout.deliver("c", b"0;")
+        deadline = time.monotonic() + 5
+        while not all(got) and time.monotonic() < deadline:
+            sleep(0.01)
+        woken = all(got)
+        for n in range(1, EVENTS):
+            with fanout.lock:
+                fanout.deliver("c", b"%d;" % n)
+        fanout.end_all()
+        return woken
+
+    woken = get_hub().threadpool.spawn(publish).get(timeout=10)
+    gevent.joinall(greenlets, timeout=10)
+    return {"woken_while_publishing": woken, "sequences": _sequences(got)}
+
+
+def heartbeat() -> dict[str, Any]:
+    """An idle reader is woken by the ticker to write a heartbeat (``b""``)."""
+    fanout = Fanout()
+    with fanout.lock:
+        sub = fanout.subscribe(["c"])
+    started = time.monotonic()
+    chunk = sub.next_chunk(0.05)
+    waited = time.monotonic() - started
+    sub.close()
+    return {"chunk": repr(chunk), "waited_at_least_the_heartbeat": waited >= 0.04}
+
+
+def killed_reader() -> dict[str, Any]:
+    """A reader killed while parked (its client gone) does not disturb delivery."""
+    fanout = Fanout()
+    subs, got, greenlets = _readers(fanout)
+    victim = greenlets[0]
+    victim.kill(timeout=5)
+    subs[0].close()
+    _deliver(fanout, EVENTS)
+    gevent.joinall(greenlets, timeout=10)
+    return {
+        "victim_dead": victim.dead,
+        "victim_got": len(got[0]),
+        "others": _sequences(got[1:]),
+        "left": fanout.count(),
+    }
+
+
+def ended_while_parked() -> dict[str, Any]:
+    """Closing a parked reader's subscription (from elsewhere) ends its stream."""
+    fanout = Fanout()
+    with fanout.lock:
+        sub = fanout.subscribe(["c"])
+    result: list[object] = []
+    reader = gevent.spawn(lambda: result.append(sub.next_chunk(5)))
+    gevent.sleep(0.05)
+    sub.close()
+    reader.join(timeout=5)
+    return {"result": repr(result)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(globals()[sys.argv[1]]()))
