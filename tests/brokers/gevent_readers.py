@@ -66,7 +66,9 @@ def same_hub() -> dict[str, Any]:
     """Readers are greenlets; the publisher is a greenlet of the same hub."""
     fanout = Fanout()
     subs, got, greenlets = _readers(fanout)
-    parked = sum(sub._waiter is not None for sub in subs)
+    parked = sum(
+        sub._waiter is not None and sub._waiter.greenlet is not None for sub in subs
+    )
     _deliver(fanout, EVENTS)
     gevent.joinall(greenlets, timeout=10)
     return {"parked": parked, "sequences": _sequences(got)}

@@ -23,7 +23,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..event import Event, encode_comment
 
@@ -92,6 +92,14 @@ def _gevent_hub() -> Hub | None:
     from gevent.hub import get_hub
 
     return get_hub()
+
+
+@functools.cache
+def _waiter_type() -> type[Waiter[Any]]:
+    """gevent's ``Waiter`` class (imported once, not on every wait)."""
+    from gevent.hub import Waiter
+
+    return Waiter
 
 
 def _switch_all(waiters: list[Waiter[None]]) -> None:
@@ -165,13 +173,17 @@ class Subscription:
         # due, and the reader was woken for it (once: later events join the queue).
         self._woken = False
         # Threads: a lock held while the reader has nothing to do, released on wake.
-        # Greenlets: the hub, and the Waiter the reader is parked on, if it is.
+        # Greenlets: a fresh Waiter whenever ``_woken`` is reset, switched once on
+        # wake; if the reader is not parked on it yet, it keeps the wake-up for the
+        # reader's next ``get()``.
         self._hub = _gevent_hub()
         self._waiter: Waiter[None] | None = None
         self._wakeup: threading.Lock | None = None
         if self._hub is None:
             self._wakeup = threading.Lock()
             self._wakeup.acquire()
+        else:
+            self._waiter = _waiter_type()(self._hub)
         self._ended = False
         # When the waiting reader is due a heartbeat (time.monotonic()); the
         # fan-out's one ticker wakes it then, so no wait needs a timer of its own.
@@ -202,6 +214,8 @@ class Subscription:
                 pending = self._take(WRITE_SIZE)
             if not (self._pending or self._ended):
                 self._woken = False
+                if self._hub is not None:
+                    self._waiter = _waiter_type()(self._hub)
             elif self._wakeup is not None:  # stay woken: more to return, or None
                 self._wakeup.release()
             if self._ended and not pending:
@@ -216,17 +230,13 @@ class Subscription:
                 return self._wakeup.acquire(blocking=False)
             self._deadline = time.monotonic() + timeout
             return self._wakeup.acquire()
-        with self._fanout.lock:  # greenlets: park unless already woken
-            if self._woken or timeout <= 0:
-                return self._woken
-            self._deadline = time.monotonic() + timeout
-            from gevent.hub import Waiter
-
-            waiter = self._waiter = Waiter(self._hub)
-        try:
-            waiter.get()
-        finally:
-            self._waiter = None
+        # Greenlets. No lock needed to read ``_woken``: only this reader resets it,
+        # and a wake that comes after this read switches the very waiter we get().
+        if timeout <= 0 or self._woken:
+            return self._woken
+        self._deadline = time.monotonic() + timeout
+        assert self._waiter is not None  # armed whenever _woken is false
+        self._waiter.get()
         return True
 
     def close(self) -> None:
@@ -252,7 +262,7 @@ class Subscription:
             self._woken = True
             if self._wakeup is not None:
                 self._wakeup.release()
-            elif self._waiter is not None:
+            elif self._waiter is not None:  # parked or not: see __init__
                 self._fanout.lock.switch_after(self._waiter)
 
     def _put(self, chunk: bytes, limit: int, limit_bytes: int) -> bool:
