@@ -7,7 +7,8 @@ Flask-SSE, versions, machine) and a ``.png`` chart beside it.
 
 Servers (each started fresh, one worker process):
 
-- ``ours-memory``: flask-eventstream, memory broker, gunicorn ``-k gevent``;
+- ``ours-memory``: flask-eventstream, memory broker, gunicorn ``-k gevent`` with
+  ``--config python:flask_eventstream.gunicorn`` (as ``docs/deploying.md`` says);
 - ``ours-redis``: the same with the Redis broker (when ``brokers/redis.py`` exists);
 - ``flask-sse``: Flask-SSE 1.0.0 + Redis, gunicorn ``-k gevent``;
 - ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast.
@@ -215,7 +216,9 @@ class Server:
         if target.kind == "ours":
             if self.redis is not None:
                 env["EVENTSTREAM_BROKER_URL"] = self.redis.url
-            args = [*gunicorn, "benchmarks.apps.ours:app"]
+            # As docs/deploying.md recommends: SIGTERM hook and gc.freeze().
+            config = ["--config", "python:flask_eventstream.gunicorn"]
+            args = [*gunicorn, *config, "benchmarks.apps.ours:app"]
         elif target.kind == "flask-sse":
             assert self.redis is not None
             env["REDIS_URL"] = self.redis.url

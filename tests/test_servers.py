@@ -191,6 +191,15 @@ def test_closed_connections_are_cleaned_up(
 
 
 @WORKERS
+def test_the_worker_freezes_what_it_loaded_at_start(
+    gunicorn: Callable[..., Gunicorn], worker: str
+) -> None:
+    """The config module's hook calls gc.freeze() (short full collections)."""
+    server = gunicorn(worker)
+    assert int(_get(f"{server.url}/gc-frozen")) > 10_000  # modules, the app
+
+
+@WORKERS
 def test_sigterm_ends_open_streams_cleanly(
     gunicorn: Callable[..., Gunicorn],
     open_stream: Callable[..., StreamClient],

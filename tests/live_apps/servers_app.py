@@ -7,11 +7,13 @@ Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15) and
 - ``POST /publish?channel=...``: publishes the request body as the data of an event,
   answers its id;
 - ``GET /count``: ``events.subscriber_count()``;
-- ``GET /fds``: how many file descriptors this worker process has open.
+- ``GET /fds``: how many file descriptors this worker process has open;
+- ``GET /gc-frozen``: how many objects the worker's garbage collector has frozen.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 from flask import Flask, request
@@ -43,3 +45,8 @@ def count() -> str:
 @app.get("/fds")
 def fds() -> str:
     return str(len(os.listdir("/proc/self/fd")))
+
+
+@app.get("/gc-frozen")
+def gc_frozen() -> str:
+    return str(gc.get_freeze_count())
