@@ -11,7 +11,10 @@ Servers (each started fresh, one worker process):
   ``--config python:flask_eventstream.gunicorn`` (as ``docs/deploying.md`` says);
 - ``ours-redis``: the same with the Redis broker (when ``brokers/redis.py`` exists);
 - ``flask-sse``: Flask-SSE 1.0.0 + Redis, gunicorn ``-k gevent``;
-- ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast.
+- ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast;
+- ``wsgi-floor``: not a peer but a reference, ``idle`` and ``churn`` only: a bare
+  WSGI app on gunicorn ``-k gevent`` whose streams park on one shared event
+  (``apps/floor.py``), the least any WSGI library can cost on this server.
 
 Scenarios (what each measures):
 
@@ -175,8 +178,9 @@ class Redis:
 @dataclass
 class Target:
     name: str
-    kind: str  # "ours", "flask-sse", "starlette"
+    kind: str  # "ours", "flask-sse", "starlette", "floor"
     broker: str = "memory"  # for ours
+    scenarios: tuple[str, ...] | None = None  # those it serves; None: all
 
 
 class Server:
@@ -219,6 +223,8 @@ class Server:
             # As docs/deploying.md recommends: SIGTERM hook and gc.freeze().
             config = ["--config", "python:flask_eventstream.gunicorn"]
             args = [*gunicorn, *config, "benchmarks.apps.ours:app"]
+        elif target.kind == "floor":
+            args = [*gunicorn, "benchmarks.apps.floor:app"]
         elif target.kind == "flask-sse":
             assert self.redis is not None
             env["REDIS_URL"] = self.redis.url
@@ -681,7 +687,7 @@ def _chart(
         ("stalled", "p99_ms", "1 stalled reader: others' p99 (ms)"),
     ]
     names = list(results)
-    colours = ["#2b6cb0", "#63b3ed", "#c53030", "#718096"]
+    colours = ["#2b6cb0", "#63b3ed", "#c53030", "#718096", "#a0aec0"]
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for axis, (scenario, metric, title) in zip(axes.flat, panels, strict=True):
         values = [
@@ -702,6 +708,7 @@ def _targets(only: list[str] | None) -> list[Target]:
     if (ROOT / "src" / "flask_eventstream" / "brokers" / "redis.py").exists():
         targets.append(Target("ours-redis", "ours", "redis"))
     targets += [Target("flask-sse", "flask-sse"), Target("sse-starlette", "starlette")]
+    targets.append(Target("wsgi-floor", "floor", scenarios=("idle", "churn")))
     return [t for t in targets if not only or t.name in only]
 
 
@@ -753,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         results[target.name] = {}
         for name, scenario in scenarios.items():
             if args.scenarios and name not in args.scenarios:
+                continue
+            if target.scenarios is not None and name not in target.scenarios:
                 continue
             # A fresh server per scenario: nothing left over from the one before.
             with _serving(target) as server:

@@ -29,6 +29,7 @@ the longest collection pause went from about 70 ms to 20-30 ms (figures in
 from __future__ import annotations
 
 import _thread
+import atexit
 import gc
 import logging
 import signal
@@ -46,6 +47,9 @@ def post_worker_init(worker: Any) -> None:
     signal handlers."""
     install_sigterm_handler()
     gc.freeze()
+    # Thawed at exit, while modules are still whole: else the frozen objects are
+    # torn down late, and their finalizers (logging's) fail on cleared modules.
+    atexit.register(gc.unfreeze)
 
 
 def install_sigterm_handler() -> None:
