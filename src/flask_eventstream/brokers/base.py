@@ -8,7 +8,8 @@ broker does both in memory; the Redis broker stores in Redis and feeds a
 Ownership: a :class:`Fanout` and every :class:`Subscription` it holds are guarded
 by the fan-out's one lock. Publishers (any thread or greenlet) and the fan-out's
 heartbeat ticker write under it; a subscription has exactly one reader, the
-response that streams it.
+response that streams it, in the OS thread that subscribed (under gevent its
+waits park on that thread's hub).
 """
 
 from __future__ import annotations
