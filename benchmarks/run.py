@@ -12,9 +12,10 @@ Servers (each started fresh, one worker process):
 - ``ours-redis``: the same with the Redis broker (when ``brokers/redis.py`` exists);
 - ``flask-sse``: Flask-SSE 1.0.0 + Redis, gunicorn ``-k gevent``;
 - ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast;
-- ``wsgi-floor``: not a peer but a reference, ``idle`` and ``churn`` only: a bare
-  WSGI app on gunicorn ``-k gevent`` whose streams park on one shared event
-  (``apps/floor.py``), the least any WSGI library can cost on this server.
+- ``wsgi-floor`` and ``flask-floor``: not peers but references, ``idle`` and
+  ``churn`` only: a bare WSGI app on gunicorn ``-k gevent`` whose streams park on
+  one shared event (``apps/floor.py``), the least any WSGI library can cost on
+  this server; and the same stream as a Flask view, the least for a Flask one.
 
 Scenarios (what each measures):
 
@@ -179,7 +180,7 @@ class Redis:
 class Target:
     name: str
     kind: str  # "ours", "flask-sse", "starlette", "floor"
-    broker: str = "memory"  # for ours
+    broker: str = "memory"  # for ours; for a floor, which app of apps/floor.py
     scenarios: tuple[str, ...] | None = None  # those it serves; None: all
 
 
@@ -224,7 +225,7 @@ class Server:
             config = ["--config", "python:flask_eventstream.gunicorn"]
             args = [*gunicorn, *config, "benchmarks.apps.ours:app"]
         elif target.kind == "floor":
-            args = [*gunicorn, "benchmarks.apps.floor:app"]
+            args = [*gunicorn, f"benchmarks.apps.floor:{target.broker}"]
         elif target.kind == "flask-sse":
             assert self.redis is not None
             env["REDIS_URL"] = self.redis.url
@@ -687,7 +688,7 @@ def _chart(
         ("stalled", "p99_ms", "1 stalled reader: others' p99 (ms)"),
     ]
     names = list(results)
-    colours = ["#2b6cb0", "#63b3ed", "#c53030", "#718096", "#a0aec0"]
+    colours = ["#2b6cb0", "#63b3ed", "#c53030", "#718096", "#a0aec0", "#cbd5e0"]
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for axis, (scenario, metric, title) in zip(axes.flat, panels, strict=True):
         values = [
@@ -708,7 +709,8 @@ def _targets(only: list[str] | None) -> list[Target]:
     if (ROOT / "src" / "flask_eventstream" / "brokers" / "redis.py").exists():
         targets.append(Target("ours-redis", "ours", "redis"))
     targets += [Target("flask-sse", "flask-sse"), Target("sse-starlette", "starlette")]
-    targets.append(Target("wsgi-floor", "floor", scenarios=("idle", "churn")))
+    for name, app in (("wsgi-floor", "app"), ("flask-floor", "flask_app")):
+        targets.append(Target(name, "floor", app, scenarios=("idle", "churn")))
     return [t for t in targets if not only or t.name in only]
 
 

@@ -8,7 +8,9 @@ a connection and park its greenlet. It serves the ``idle`` and ``churn`` scenari
 (it may skip events under load, so it is not a fan-out peer): the figures are the
 floor any WSGI library meets on this server, to read ours against.
 
-The protocol of ``_ticks.py``, in plain WSGI.
+The protocol of ``_ticks.py``, in plain WSGI (``app``); ``flask_app`` is the same
+with the stream endpoint as a Flask view (routing, request context), the floor
+of any Flask extension.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent.event
+from flask import Flask, Response, request
 
 from ._ticks import publish_loop, stop_all
 
@@ -78,3 +81,20 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return [b"not found"]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
+
+
+_flask = Flask(__name__)
+
+
+@_flask.get("/stream")
+def _flask_stream() -> Response:
+    channel = request.args.get("channel", "sse")
+    return Response(_stream(channel), headers=_HEADERS, direct_passthrough=True)
+
+
+def flask_app(
+    environ: dict[str, Any], start_response: StartResponse
+) -> Iterable[bytes]:
+    """The stream endpoint through Flask; the rest (not measured) as in ``app``."""
+    target = _flask if environ["PATH_INFO"] == "/stream" else app
+    return target(environ, start_response)
