@@ -103,30 +103,23 @@ def _waiter_type() -> type[Waiter[Any]]:
     return Waiter
 
 
-def _switch_all(waiters: list[Waiter[None]]) -> None:
-    """Resume parked readers, one after the other. Runs in their hub's greenlet.
-
-    Each reader runs until it blocks again (it has written, or parked for the next
-    event) and comes back here: one hub callback for a whole fan-out, not one per
-    reader.
-    """
-    for waiter in waiters:
-        waiter.switch(None)
-
-
 def _schedule_switches(waiters: list[Waiter[None]]) -> None:
-    """Have each waiter's hub run :func:`_switch_all` for its waiters, soon."""
+    """Have each waiter's hub resume its parked reader, soon: one hub callback each.
+
+    One callback per reader (not one for all) lets gevent's loop poll for I/O
+    between them once its switch interval is spent: waking 1,000 readers takes
+    tens of milliseconds, and a publisher waiting on Redis' reply must not wait
+    for all of them.
+    """
     from gevent._hub_local import get_hub_if_exists
 
-    by_hub: dict[Hub, list[Waiter[None]]] = {}
-    for waiter in waiters:
-        by_hub.setdefault(waiter.hub, []).append(waiter)
     here = get_hub_if_exists()
-    for hub, group in by_hub.items():
+    for waiter in waiters:
+        hub = waiter.hub
         if hub is here:
-            hub.loop.run_callback(_switch_all, group)
+            hub.loop.run_callback(waiter.switch, None)
         else:  # a publisher on another OS thread: wake that hub's loop too
-            hub.loop.run_callback_threadsafe(_switch_all, group)
+            hub.loop.run_callback_threadsafe(waiter.switch, None)
 
 
 class Subscription:
@@ -139,9 +132,9 @@ class Subscription:
 
     How a reader waits: with threads, on a lock held while it has nothing to do,
     which a publisher releases. Under gevent (``threading`` patched), a greenlet
-    parks on a ``gevent.hub.Waiter`` of its own, and the fan-out resumes all the
-    readers of one delivery from one hub callback: about a third less stack saved
-    per parked stream, and no lock notifier per reader per event (figures in
+    parks on a ``gevent.hub.Waiter`` of its own, which the fan-out switches from a
+    hub callback: about a third less stack saved per parked stream than a lock,
+    and none of a lock's notifier machinery per reader per event (figures in
     ``docs/performance.md``).
 
     ``missed`` is true when the subscriber asked to resume from an id the broker no
@@ -301,8 +294,7 @@ class _FanoutLock:
 
     So a callback (a ``subscriber_dropped`` receiver) may itself publish: it runs
     after the lock is given back, in the thread that released it. Greenlet readers
-    woken under the lock are resumed together, by one hub callback scheduled on
-    release.
+    woken under the lock are resumed by hub callbacks scheduled on release.
     """
 
     __slots__ = ("_lock", "_after", "_switches")
@@ -344,8 +336,8 @@ class _FanoutLock:
         self._after.append(callback)
 
     def switch_after(self, waiter: Waiter[None]) -> None:
-        """Resume the greenlet parked on *waiter* once the lock is released (from
-        its hub, with every other one woken under this hold). Call under the lock."""
+        """Resume the greenlet parked on *waiter* (from its hub) once the lock is
+        released. Call under the lock."""
         self._switches.append(waiter)
 
 
