@@ -142,5 +142,35 @@ def ended_while_parked() -> dict[str, Any]:
     return {"result": repr(result)}
 
 
+def timers_run_between_wakeups() -> dict[str, Any]:
+    """Waking many readers leaves gevent's loop time for timers and I/O between
+    them: a greenlet whose 2 ms sleep ends while 1,000 readers are being woken
+    (each busy 50 us, as if writing) runs before the last of them."""
+    fanout = Fanout()
+    with fanout.lock:
+        subs = [fanout.subscribe(["c"]) for _ in range(1000)]
+    order: list[str] = []
+
+    def read(sub: Subscription) -> None:
+        if sub.next_chunk(5):
+            busy_until = time.perf_counter() + 50e-6
+            while time.perf_counter() < busy_until:
+                pass
+            order.append("reader")
+
+    def sleeper() -> None:
+        gevent.sleep(0.002)
+        order.append("timer")
+
+    readers = [gevent.spawn(read, sub) for sub in subs]
+    gevent.sleep(0.05)  # every reader parked
+    timer = gevent.spawn(sleeper)
+    gevent.sleep(0)  # the sleeper's timer is running
+    with fanout.lock:
+        fanout.deliver("c", b"0;")
+    gevent.joinall([*readers, timer], timeout=10)
+    return {"readers": order.count("reader"), "timer_at": order.index("timer")}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))

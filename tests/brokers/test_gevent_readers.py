@@ -70,3 +70,11 @@ def test_a_reader_killed_while_parked_does_not_disturb_the_others() -> None:
 
 def test_closing_a_parked_subscription_ends_its_stream() -> None:
     assert run("ended_while_parked") == {"result": "[None]"}
+
+
+def test_gevents_loop_runs_timers_while_many_readers_are_woken() -> None:
+    # One callback resuming every reader kept the loop from polling for ~50 ms
+    # here; a publisher waiting on Redis' reply waited that long each time.
+    result = run("timers_run_between_wakeups")
+    assert result["readers"] == 1000
+    assert result["timer_at"] < 1000
