@@ -103,23 +103,37 @@ def _waiter_type() -> type[Waiter[Any]]:
     return Waiter
 
 
-def _schedule_switches(waiters: list[Waiter[None]]) -> None:
-    """Have each waiter's hub resume its parked reader, soon: one hub callback each.
+#: Readers resumed by one hub callback. Few enough that gevent's loop, which looks
+#: at the clock every 50 callbacks, still polls for I/O every few milliseconds
+#: while a large fan-out is being woken; enough to make the callbacks cheap.
+SWITCH_BATCH = 8
 
-    One callback per reader (not one for all) lets gevent's loop poll for I/O
-    between them once its switch interval is spent: waking 1,000 readers takes
-    tens of milliseconds, and a publisher waiting on Redis' reply must not wait
-    for all of them.
+
+def _switch_each(waiters: list[Waiter[None]]) -> None:
+    """Resume each parked reader in turn (runs in their hub): each runs until it
+    blocks again (it wrote, or parked for the next event) and comes back here."""
+    for waiter in waiters:
+        waiter.switch(None)
+
+
+def _schedule_switches(waiters: list[Waiter[None]]) -> None:
+    """Have each waiter's hub resume its parked reader, soon.
+
+    In callbacks of :data:`SWITCH_BATCH` readers, not one for all: waking 1,000
+    readers takes tens of milliseconds, and gevent's loop polls for I/O only
+    between callbacks (a publisher waiting on Redis' reply must not wait for all).
     """
     from gevent._hub_local import get_hub_if_exists
 
     here = get_hub_if_exists()
-    for waiter in waiters:
-        hub = waiter.hub
-        if hub is here:
-            hub.loop.run_callback(waiter.switch, None)
-        else:  # a publisher on another OS thread: wake that hub's loop too
-            hub.loop.run_callback_threadsafe(waiter.switch, None)
+    local = [waiter for waiter in waiters if waiter.hub is here]
+    if here is not None:  # else every waiter is another thread's
+        for start in range(0, len(local), SWITCH_BATCH):
+            here.loop.run_callback(_switch_each, local[start : start + SWITCH_BATCH])
+    if len(local) < len(waiters):  # woken from another OS thread: wake its loop
+        for waiter in waiters:
+            if waiter.hub is not here:
+                waiter.hub.loop.run_callback_threadsafe(waiter.switch, None)
 
 
 class Subscription:
