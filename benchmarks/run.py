@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
 import multiprocessing
 import os
 import platform
@@ -391,11 +392,14 @@ def idle(server: Server, n: int) -> dict[str, Any]:
     before = server.rss()
     clients = Clients(_stream_plans(server, channel, n, 1))
     opened, failed = clients.ready(180)
-    _wait(lambda: server.count(channel) >= opened, 120, 0.5)
-    subscribed = server.count(channel)
+    counts: list[int] = []  # Flask-SSE's /count may fail at 10,000 (EMFILE)
+    _wait(
+        lambda: counts.append(server.count(channel)) or counts[-1] >= opened, 120, 0.5
+    )
+    subscribed: float = counts[-1] if counts else math.nan
     time.sleep(2)
     after = server.rss()
-    server.post(f"/publish?channel={channel}&count=1")
+    _wait(lambda: bool(server.post(f"/publish?channel={channel}&count=1")), 10)
     summaries = clients.results(15)
     latencies = _latencies(summaries)
     _settle(server, channel)
@@ -404,7 +408,9 @@ def idle(server: Server, n: int) -> dict[str, Any]:
         "subscribed": subscribed,
         "failed": failed,
         "rss_mib": after / 2**20,
-        "kib_per_stream": (after - before) / max(1, subscribed) / 1024,
+        "kib_per_stream": (after - before)
+        / max(1, counts[-1] if counts else opened)
+        / 1024,
         "within_1s": sum(1 for v in latencies if v <= 1000),
         "within_15s": len(latencies),
     }
