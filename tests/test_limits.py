@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import pytest
-from flask import Flask
+from flask import Flask, Response
 
 from flask_eventstream import EventStream, InvalidEvent
 from flask_eventstream.channels import MAX_CHANNEL_LENGTH
@@ -100,6 +101,36 @@ class TestMaxStreams:
     def test_zero_is_a_setup_error(self) -> None:
         with pytest.raises(ValueError, match="EVENTSTREAM_MAX_STREAMS"):
             make_app(EVENTSTREAM_MAX_STREAMS=0)
+
+    def test_streams_of_your_own_count_too(self) -> None:
+        app, events = make_app(EVENTSTREAM_MAX_STREAMS=2)
+        sources: list[Generator[str, None, None]] = []
+
+        @app.get("/ticks")
+        def ticks() -> Response:
+            def source() -> Generator[str, None, None]:
+                while True:
+                    yield "tick"
+
+            sources.append(source())
+            return events.stream(sources[-1])
+
+        client = app.test_client()
+        held = [client.get("/stream/a", buffered=False)]
+        held.append(client.get("/ticks", buffered=False))
+        assert [r.status_code for r in held] == [200, 200]
+        refused = client.get("/ticks")
+        assert refused.status_code == 503
+        assert int(refused.headers["Retry-After"]) > 0
+        assert inspect.getgeneratorstate(sources[-1]) == inspect.GEN_CREATED
+        assert client.get("/stream/b").status_code == 503  # one limit for both
+        held[1].close()
+        assert open_streams(app) == 1
+        again = client.get("/ticks", buffered=False)
+        assert again.status_code == 200
+        again.close()
+        held[0].close()
+        assert open_streams(app) == 0
 
     def test_slots_come_back_when_real_clients_leave(
         self, serve: Callable[[Flask], LiveServer], open_stream: OpenStream

@@ -24,7 +24,14 @@ from .exceptions import InvalidEvent
 from .jwt_tokens import JWTVerifier
 from .signals import event_published, subscriber_dropped
 from .stream import SourceStream, event_from_item
-from .views import GAP_EVENT, StreamLimiter, event_stream_response, subscribe_response
+from .views import (
+    GAP_EVENT,
+    CountedBody,
+    StreamLimiter,
+    event_stream_response,
+    over_capacity,
+    subscribe_response,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -375,9 +382,15 @@ class EventStream:
         closed after the item it is producing (its ``finally`` runs).
 
         Call it in a view: ``return events.stream(ticks())``.
+
+        It counts toward ``EVENTSTREAM_MAX_STREAMS`` as the stream endpoint's
+        streams do: past the limit the response is ``503`` with ``Retry-After``
+        and *source* is not run.
         """
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         state = _state(app)
+        if not state.streams.acquire():
+            return over_capacity()
         if inspect.isgeneratorfunction(source):
             source = source()
         if callable(source) and not isinstance(source, Iterable):
@@ -389,14 +402,18 @@ class EventStream:
         def encode(item: Any) -> bytes:
             return event_from_item(item, app.json.dumps).encode()
 
-        body = SourceStream(
-            items,
-            encode=encode,
-            heartbeat=state.heartbeat,
-            preamble=state.preamble,
-            context=context,
-        )
-        return event_stream_response(body)
+        try:
+            body = SourceStream(
+                items,
+                encode=encode,
+                heartbeat=state.heartbeat,
+                preamble=state.preamble,
+                context=context,
+            )
+        except BaseException:
+            state.streams.release()
+            raise
+        return event_stream_response(CountedBody(body, state.streams))
 
     # The endpoint
 
