@@ -637,6 +637,21 @@ class TestClose:
         assert seen(parser.feed(b"\x98\x80\n\ndata: c\n\n")) == [("message", "c", "")]
 
 
+class TestBuffered:
+    def test_counts_the_unfinished_line_and_data_lines(self) -> None:
+        parser = EventParser()
+        assert parser.buffered == 0
+        parser.feed(b"data: abc\ndata: de\nda")
+        assert parser.buffered == len("abc\nde\n") + len("da")
+        parser.feed(b"ta: f\n\n")  # dispatched: nothing held
+        assert parser.buffered == 0
+
+    def test_comments_and_other_fields_are_not_held(self) -> None:
+        parser = EventParser()
+        parser.feed(b": heartbeat\nevent: x\nid: 1\n")
+        assert parser.buffered == 0
+
+
 class TestSeed:
     """D3: the parser is seeded with the id it resumes from, as browsers do."""
 

@@ -148,8 +148,7 @@ class _Session:
     def _check_size(self) -> None:
         # Heartbeats and comments also count in _fed; only when that bound is passed
         # is the parser's real buffer measured, so this costs nothing per chunk.
-        parser = self.parser
-        buffered = len(parser._line) + sum(len(line) + 1 for line in parser._data)
+        buffered = self.parser.buffered
         if buffered > self.max_event_size:
             raise EventTooLarge(
                 f"the stream sent {buffered} characters without finishing an event; "

@@ -58,6 +58,13 @@ class EventParser:
         self._skip_lf = False
         self._line = ""
 
+    @property
+    def buffered(self) -> int:
+        """Characters held for the event being read: its unfinished line and the
+        data lines so far (each with its line feed). A client caps this to refuse
+        a stream that never finishes an event (SSE-RULES O11)."""
+        return len(self._line) + sum(len(line) + 1 for line in self._data)
+
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode *chunk* and return the events it completes, in order."""
         return self._feed_text(self._decoder.decode(chunk))
