@@ -103,37 +103,24 @@ def _waiter_type() -> type[Waiter[Any]]:
     return Waiter
 
 
-#: Readers resumed by one hub callback. Few enough that gevent's loop, which looks
-#: at the clock every 50 callbacks, still polls for I/O every few milliseconds
-#: while a large fan-out is being woken; enough to make the callbacks cheap.
-SWITCH_BATCH = 8
-
-
-def _switch_each(waiters: list[Waiter[None]]) -> None:
-    """Resume each parked reader in turn (runs in their hub): each runs until it
-    blocks again (it wrote, or parked for the next event) and comes back here."""
-    for waiter in waiters:
-        waiter.switch(None)
-
-
 def _schedule_switches(waiters: list[Waiter[None]]) -> None:
-    """Have each waiter's hub resume its parked reader, soon.
+    """Have each waiter's hub resume its parked reader, soon: one hub callback each.
 
-    In callbacks of :data:`SWITCH_BATCH` readers, not one for all: waking 1,000
-    readers takes tens of milliseconds, and gevent's loop polls for I/O only
-    between callbacks (a publisher waiting on Redis' reply must not wait for all).
+    Not one callback for all, nor for a few: gevent's loop polls for I/O only
+    between callbacks, once every 50 if its switch interval is spent. Waking 1,000
+    readers takes tens of milliseconds, and a publisher waiting on Redis' reply
+    must not wait for all of them (with callbacks of 8 readers, Redis bursts
+    reached a quarter of their rate).
     """
     from gevent._hub_local import get_hub_if_exists
 
     here = get_hub_if_exists()
-    local = [waiter for waiter in waiters if waiter.hub is here]
-    if here is not None:  # else every waiter is another thread's
-        for start in range(0, len(local), SWITCH_BATCH):
-            here.loop.run_callback(_switch_each, local[start : start + SWITCH_BATCH])
-    if len(local) < len(waiters):  # woken from another OS thread: wake its loop
-        for waiter in waiters:
-            if waiter.hub is not here:
-                waiter.hub.loop.run_callback_threadsafe(waiter.switch, None)
+    for waiter in waiters:
+        hub = waiter.hub
+        if hub is here:
+            hub.loop.run_callback(waiter.switch, None)
+        else:  # a publisher on another OS thread: wake that hub's loop too
+            hub.loop.run_callback_threadsafe(waiter.switch, None)
 
 
 class Subscription:
