@@ -8,6 +8,7 @@ from collections.abc import Callable, Generator
 
 import pytest
 from flask import Flask, Response
+from werkzeug.test import TestResponse
 
 from flask_eventstream import EventStream, InvalidEvent
 from flask_eventstream.channels import MAX_CHANNEL_LENGTH
@@ -28,6 +29,17 @@ def open_streams(app: Flask) -> int:
     return int(app.extensions["eventstream"].streams.open)
 
 
+def release_and_take_again(app: Flask, held: list[TestResponse], path: str) -> None:
+    """Close the first of two held streams: its slot serves *path*; then close all."""
+    held[0].close()
+    assert open_streams(app) == 1
+    again = app.test_client().get(path, buffered=False)
+    assert again.status_code == 200
+    again.close()
+    held[1].close()
+    assert open_streams(app) == 0
+
+
 class TestMaxStreams:
     def test_default_is_a_finite_limit(self) -> None:
         app, _ = make_app()
@@ -45,13 +57,7 @@ class TestMaxStreams:
         assert "too many open event streams" in refused.get_data(as_text=True)
         with app.app_context():
             assert events.subscriber_count() == 2
-        held[0].close()
-        assert open_streams(app) == 1
-        again = client.get("/stream/a", buffered=False)
-        assert again.status_code == 200
-        again.close()
-        held[1].close()
-        assert open_streams(app) == 0
+        release_and_take_again(app, held, "/stream/a")
 
     def test_a_burst_never_overshoots(self) -> None:
         app, _ = make_app(EVENTSTREAM_MAX_STREAMS=5)
@@ -124,13 +130,7 @@ class TestMaxStreams:
         assert int(refused.headers["Retry-After"]) > 0
         assert inspect.getgeneratorstate(sources[-1]) == inspect.GEN_CREATED
         assert client.get("/stream/b").status_code == 503  # one limit for both
-        held[1].close()
-        assert open_streams(app) == 1
-        again = client.get("/ticks", buffered=False)
-        assert again.status_code == 200
-        again.close()
-        held[0].close()
-        assert open_streams(app) == 0
+        release_and_take_again(app, held[::-1], "/ticks")
 
     def test_slots_come_back_when_real_clients_leave(
         self, serve: Callable[[Flask], LiveServer], open_stream: OpenStream
