@@ -29,7 +29,9 @@ def validate_channel(name: object) -> str:
         raise InvalidChannel(
             f"channel name is {len(name)} characters long; at most {MAX_CHANNEL_LENGTH}"
         )
-    if not name.isprintable() or any(c.isspace() or c == "/" for c in name):
+    # Every whitespace character but the space is a control or separator, which
+    # isprintable() refuses; so this is "no control, no whitespace, no '/'".
+    if not name.isprintable() or " " in name or "/" in name:
         raise InvalidChannel(
             f"channel name {name!r} holds whitespace, '/' or a control character"
         )

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Request, Response, request
 
 from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
 from .channels import validate_channel
@@ -24,6 +24,7 @@ from .stream import SubscriptionStream
 
 if TYPE_CHECKING:
     from flask import Flask
+    from werkzeug.datastructures import MultiDict
 
     from .extension import _State
 
@@ -44,7 +45,12 @@ __all__ = [
 #: ``source.addEventListener("eventstream-gap", ...)`` and reload the page's state.
 GAP_EVENT = "eventstream-gap"
 
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Content-Type given in full: Werkzeug then skips working out a mimetype per response.
+_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+)
 
 #: Seconds a client refused for capacity is asked to wait (``Retry-After``).
 RETRY_AFTER = 10
@@ -60,17 +66,22 @@ def subscribe_response(
 
     :param channel: the channel in the path (``/stream/<channel>``), if any.
     """
+    # Looked up once: every ``request.`` is a context-variable lookup.
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
     try:
         channels = requested_channels(
-            channel, default=state.default_channel, max_channels=state.max_channels
+            req,
+            channel,
+            default=state.default_channel,
+            max_channels=state.max_channels,
         )
-        last_event_id = requested_last_event_id(state.max_last_event_id)
+        last_event_id = requested_last_event_id(req, state.max_last_event_id)
     except ValueError as exc:
         return plain_response(str(exc), 400)
     # Replay reads the same channels, so this one check covers it too.
     refusal = check_access(
         channels,
-        token=_token(bearer_allowed=state.jwt is not None),
+        token=_token(req, bearer_allowed=state.jwt is not None),
         keys=signing_keys(app),
         require_token=state.require_token,
         authorizers=authorizers,
@@ -92,36 +103,49 @@ def subscribe_response(
     body = SubscriptionStream(
         subscription, heartbeat=state.heartbeat, preamble=preamble
     )
-    stream_opened.send(
-        app,
-        channels=subscription.channels,
-        last_event_id=last_event_id,
-        missed=subscription.missed,
-    )
+    # Signals only when someone listens (metrics, an app's receivers): a stream
+    # that nobody watches opens and closes without them.
+    closed: Callable[[], None] | None = None
+    if stream_opened.receivers:
+        stream_opened.send(
+            app,
+            channels=subscription.channels,
+            last_event_id=last_event_id,
+            missed=subscription.missed,
+        )
+    if stream_closed.receivers:
 
-    def closed() -> None:
-        stream_closed.send(app, channels=subscription.channels)
+        def closed() -> None:
+            stream_closed.send(app, channels=subscription.channels)
 
     return event_stream_response(CountedBody(body, state.streams, on_close=closed))
 
 
-def _token(*, bearer_allowed: bool) -> str | None:
+def _token(req: Request, *, bearer_allowed: bool) -> str | None:
     """``?token=``; with JWTs also ``Authorization: Bearer`` (non-browser clients)."""
-    token = request.args.get(TOKEN_PARAM)
+    token = _first(req.args, TOKEN_PARAM)
     if token is None and bearer_allowed:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, value = req.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             token = value.strip()
     return token
+
+
+def _first(args: MultiDict[str, str], name: str) -> str | None:
+    """The first value of *name* in *args*, or ``None``.
+
+    Not ``args.get()``: for a missing name it raises and catches a
+    ``BadRequestKeyError`` (an HTTP exception, with its message) every time.
+    """
+    values = args.getlist(name)
+    return values[0] if values else None
 
 
 def event_stream_response(body: Iterable[bytes]) -> Response:
     """A ``text/event-stream`` response streaming *body* (S1, S13, O1, O5)."""
     # direct_passthrough: Werkzeug hands our iterable (and its close()) to the server
     # untouched. No Connection or other hop-by-hop header (S13).
-    return Response(
-        body, mimetype="text/event-stream", headers=_HEADERS, direct_passthrough=True
-    )
+    return Response(body, headers=_HEADERS, direct_passthrough=True)
 
 
 class StreamLimiter:
@@ -215,15 +239,15 @@ def over_capacity() -> Response:
 
 
 def requested_channels(
-    channel: str | None, *, default: str, max_channels: int
+    req: Request, channel: str | None, *, default: str, max_channels: int
 ) -> list[str]:
-    """The channels of this request: the path's, else ``?channel=``, else *default*.
+    """The channels of *req*: the path's, else ``?channel=``, else *default*.
 
     Duplicates are dropped; order is kept.
 
     :raises InvalidChannel: for more than *max_channels* or an invalid name.
     """
-    names = [channel] if channel is not None else request.args.getlist("channel")
+    names = [channel] if channel is not None else req.args.getlist("channel")
     names = list(dict.fromkeys(names)) or [default]
     if len(names) > max_channels:
         raise InvalidChannel(
@@ -232,21 +256,23 @@ def requested_channels(
     return [validate_channel(name) for name in names]
 
 
-def requested_last_event_id(max_length: int) -> str | None:
-    """``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated.
+def requested_last_event_id(req: Request, max_length: int) -> str | None:
+    """*req*'s ``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated.
 
     :param max_length: longest value accepted, in bytes of UTF-8.
     :raises InvalidLastEventId: for a value no conforming browser sends (C11), or
         one longer than *max_length*.
     """
-    raw = request.headers.get("Last-Event-ID")
+    # The environ, not request.headers: the same value, without building a view
+    # of every header for one lookup.
+    raw = req.environ.get("HTTP_LAST_EVENT_ID")
     if raw is not None:
         try:  # WSGI gives headers as latin-1; browsers send UTF-8 (C8).
             raw = raw.encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise InvalidLastEventId("Last-Event-ID is not valid UTF-8") from None
     else:
-        raw = request.args.get("lastEventId")
+        raw = _first(req.args, "lastEventId")
     if not raw:
         return None
     try:

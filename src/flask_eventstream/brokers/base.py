@@ -85,14 +85,29 @@ def _gevent_hub() -> Hub | None:
     """This thread's gevent hub when gevent has patched ``threading``, else ``None``.
 
     Then the reader of a subscription is a greenlet, and it parks on a gevent
-    ``Waiter`` instead of a lock (see :class:`Subscription`).
+    ``Waiter`` instead of a lock (see :class:`Subscription`). Called for every
+    subscription: once gevent has been seen patched (it never unpatches), only
+    the hub is looked up.
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return None
+    get_hub = _get_hub
+    if get_hub is None:
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        get_hub = _patched()
+    return get_hub()
+
+
+#: ``gevent.hub.get_hub`` once gevent is seen to have patched ``threading``.
+_get_hub: Callable[[], Hub] | None = None
+
+
+def _patched() -> Callable[[], Hub]:
+    global _get_hub
     from gevent.hub import get_hub
 
-    return get_hub()
+    _get_hub = get_hub
+    return get_hub
 
 
 @functools.cache
@@ -101,6 +116,14 @@ def _waiter_type() -> type[Waiter[Any]]:
     from gevent.hub import Waiter
 
     return Waiter
+
+
+@functools.cache
+def _hub_if_exists() -> Callable[[], Hub | None]:
+    """gevent's ``get_hub_if_exists`` (imported once, not on every wake-up)."""
+    from gevent._hub_local import get_hub_if_exists
+
+    return get_hub_if_exists
 
 
 def _schedule_switches(waiters: list[Waiter[None]]) -> None:
@@ -112,9 +135,7 @@ def _schedule_switches(waiters: list[Waiter[None]]) -> None:
     must not wait for all of them (with callbacks of 8 readers, Redis bursts
     reached a quarter of their rate).
     """
-    from gevent._hub_local import get_hub_if_exists
-
-    here = get_hub_if_exists()
+    here = _hub_if_exists()()
     for waiter in waiters:
         hub = waiter.hub
         if hub is here:
