@@ -85,28 +85,19 @@ def _gevent_hub() -> Hub | None:
     """This thread's gevent hub when gevent has patched ``threading``, else ``None``.
 
     Then the reader of a subscription is a greenlet, and it parks on a gevent
-    ``Waiter`` instead of a lock (see :class:`Subscription`). Called for every
-    subscription: once gevent has been seen patched (it never unpatches), only
-    the hub is looked up.
+    ``Waiter`` instead of a lock (see :class:`Subscription`).
     """
-    get_hub = _get_hub
-    if get_hub is None:
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is None or not monkey.is_module_patched("threading"):
-            return None
-        get_hub = _patched()
-    return get_hub()
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    return _get_hub()()
 
 
-#: ``gevent.hub.get_hub`` once gevent is seen to have patched ``threading``.
-_get_hub: Callable[[], Hub] | None = None
-
-
-def _patched() -> Callable[[], Hub]:
-    global _get_hub
+@functools.cache
+def _get_hub() -> Callable[[], Hub]:
+    """gevent's ``get_hub`` (imported once, not for every subscription)."""
     from gevent.hub import get_hub
 
-    _get_hub = get_hub
     return get_hub
 
 
