@@ -784,7 +784,7 @@ def _run_once(
         return result
 
 
-def _median_round(got: list[dict[str, Any]], name: str) -> dict[str, Any]:
+def _median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median rate; leaks and failures from the worst round."""
     if len(got) == 1:
         return got[0]
@@ -840,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
                 got.append(_run_once(target, name, scenario))
     for target in targets:
         for name, got in rounds[target.name].items():
-            results[target.name][name] = _median_round(got, name)
+            results[target.name][name] = _median_round(got)
     path = report(results, mode, sizes, started, load, time.monotonic() - clock)
     print(f"wrote {path}")
     return 0
