@@ -263,8 +263,8 @@ def requested_last_event_id(req: Request, max_length: int) -> str | None:
     :raises InvalidLastEventId: for a value no conforming browser sends (C11), or
         one longer than *max_length*.
     """
-    # The environ, not request.headers: the same value, without building a view
-    # of every header for one lookup.
+    # The environ, not request.headers: the same value, one dict lookup instead
+    # of a header-name translation through the headers view.
     raw = req.environ.get("HTTP_LAST_EVENT_ID")
     if raw is not None:
         try:  # WSGI gives headers as latin-1; browsers send UTF-8 (C8).
