@@ -49,6 +49,14 @@ BUFFER_BYTES = 8 * 1024 * 1024
 _NEVER = math.inf
 #: Shortest interval between two rounds of the heartbeat ticker, in seconds.
 _MIN_TICK = 0.01
+#: Rounds of the heartbeat ticker per (shortest) heartbeat interval: a reader is
+#: woken for its heartbeat at most this fraction of an interval early.
+_TICKS_PER_HEARTBEAT = 8
+
+#: Seconds a reader that waits in :meth:`Subscription.next_chunk` may stay woken
+#: without running before a full queue cuts it off. Such a reader did not fall
+#: behind: it had no CPU (a publisher that did not yield, a busy process).
+STARVED_GRACE = 1.0
 
 #: Written to a subscriber that fell too far behind, just before its stream ends.
 TOO_SLOW = encode_comment(
@@ -117,6 +125,34 @@ def _hub_if_exists() -> Callable[[], Hub | None]:
     return get_hub_if_exists
 
 
+@functools.cache
+def _gevent_sleep() -> Callable[[float], None]:
+    """gevent's ``sleep`` (imported once, not on every yield)."""
+    from gevent import sleep
+
+    return sleep
+
+
+def _let_readers_run() -> None:
+    """Under gevent, let the readers woken on this thread's hub run once.
+
+    A publisher that never blocks (``publish()`` in a loop) would otherwise fill
+    every reader's queue before any of them writes. ``sleep(0)`` queues this
+    greenlet behind the readers' wake-ups (see :func:`_schedule_switches`).
+    """
+    hub = _hub_if_exists()()
+    if hub is not None and _getcurrent()() is not hub:
+        _gevent_sleep()(0)
+
+
+@functools.cache
+def _getcurrent() -> Callable[[], object]:
+    """greenlet's ``getcurrent`` (imported once)."""
+    from greenlet import getcurrent
+
+    return getcurrent
+
+
 def _schedule_switches(waiters: list[Waiter[None]]) -> None:
     """Have each waiter's hub resume its parked reader, soon: one hub callback each.
 
@@ -152,11 +188,25 @@ class Subscription:
 
     ``missed`` is true when the subscriber asked to resume from an id the broker no
     longer has (or never had): events may have been lost in between.
+
+    Cut-off: a subscriber with :attr:`Fanout.buffer_bytes` queued, or
+    :attr:`Fanout.buffer` events, is cut off (:data:`TOO_SLOW`) and its queue
+    dropped. The event count is not held against a reader that is waiting in
+    :meth:`next_chunk` and was woken less than :data:`STARVED_GRACE` ago: it has
+    not had the CPU yet, which says nothing of its client. A reader that is
+    writing (back from :meth:`next_chunk`, not yet returned to it) is cut off at
+    once, and :attr:`on_cut_off` is called so that its write can be ended too.
+
+    :attr:`on_cut_off` is set by the response that streams the subscription and
+    called by the publisher that cut it off, once the fan-out's lock is released.
     """
 
     __slots__ = (
         "channels",
         "missed",
+        "on_cut_off",
+        "delivered",
+        "cut_off",
         "_fanout",
         "_pending",
         "_size",
@@ -166,6 +216,8 @@ class Subscription:
         "_woken",
         "_ended",
         "_deadline",
+        "_reading",
+        "_woken_at",
     )
 
     def __init__(
@@ -173,6 +225,14 @@ class Subscription:
     ) -> None:
         self.channels = tuple(channels)
         self.missed = missed
+        #: Called (with no argument) when this subscription is cut off while its
+        #: reader is writing, so that the response can end that write.
+        self.on_cut_off: Callable[[], None] | None = None
+        #: Whether :meth:`next_chunk` has returned queued events (not only a
+        #: heartbeat or the final comment).
+        self.delivered = False
+        #: Whether the subscription ended because it fell too far behind.
+        self.cut_off = False
         self._fanout = fanout
         self._pending: list[bytes] = []
         self._size = 0  # bytes in _pending
@@ -195,6 +255,10 @@ class Subscription:
         # When the waiting reader is due a heartbeat (time.monotonic()); the
         # fan-out's one ticker wakes it then, so no wait needs a timer of its own.
         self._deadline = _NEVER
+        # The reader is inside next_chunk(): waiting, or woken and not yet run.
+        self._reading = False
+        # When ``_woken`` was last set (time.monotonic()), for STARVED_GRACE.
+        self._woken_at = 0.0
 
     def next_chunk(self, timeout: float) -> bytes | None:
         """Wait up to about *timeout* seconds and return queued bytes, joined.
@@ -207,11 +271,14 @@ class Subscription:
             everything queued was returned.
         """
         fanout = self._fanout
-        if timeout > 0 and (fanout._ticker is None or timeout < fanout._tick):
+        if timeout > 0 and (fanout._ticker is None or timeout < fanout._shortest):
             fanout._need_ticks(timeout)
+        self._reading = True
         if not self._wait(timeout):
+            self._reading = False
             return b""
         with fanout.lock:
+            self._reading = False
             self._deadline = _NEVER
             pending = self._pending
             if self._size <= WRITE_SIZE:
@@ -225,8 +292,11 @@ class Subscription:
                     self._waiter = _waiter_type()(self._hub)
             elif self._wakeup is not None:  # stay woken: more to return, or None
                 self._wakeup.release()
-            if self._ended and not pending:
-                return None
+            if self._ended:
+                if not pending:
+                    return None
+            elif pending:
+                self.delivered = True
         return b"".join(pending)
 
     def _wait(self, timeout: float) -> bool:
@@ -272,18 +342,26 @@ class Subscription:
             elif self._waiter is not None:  # parked or not: see __init__
                 self._fanout.lock.switch_after(self._waiter)
 
-    def _put(self, chunk: bytes, limit: int, limit_bytes: int) -> bool:
+    def _put(self, chunk: bytes, limit: int, limit_bytes: int, now: float) -> bool:
         if self._ended:
             return False
         if self._pending and (
-            len(self._pending) >= limit or self._size + len(chunk) > limit_bytes
+            self._size + len(chunk) > limit_bytes
+            or (len(self._pending) >= limit and not self._starved(now))
         ):
+            self.cut_off = True
             self._end(TOO_SLOW, replace=True)
             return False
         self._pending.append(chunk)
         self._size += len(chunk)
-        self._wake()
+        if not self._woken:
+            self._woken_at = now
+            self._wake()
         return True
+
+    def _starved(self, now: float) -> bool:
+        """Whether the reader waits for the CPU, not for its client (see above)."""
+        return self._reading and now - self._woken_at < STARVED_GRACE
 
     def _end(self, last: bytes = b"", *, replace: bool = False) -> None:
         if replace:
@@ -379,8 +457,9 @@ class Fanout:
     """The subscribers of this process, by channel, and delivery to them.
 
     Heartbeats: one ticker per fan-out (a daemon thread, a greenlet under gevent)
-    wakes, every ``_tick`` seconds (the shortest heartbeat a reader waits with),
-    each reader whose heartbeat is due, so that no waiting reader needs a timer.
+    wakes, every ``_tick`` seconds (an eighth of the shortest heartbeat a reader
+    waits with), each reader whose heartbeat falls due before its next round, so
+    that no waiting reader needs a timer and no heartbeat comes late.
     It starts with the first reader that waits and ends when no subscriber is left
     (so a process that forks before it streams, as gunicorn's master does with
     ``--preload``, hands its workers no ticker to miss).
@@ -391,6 +470,10 @@ class Fanout:
         is cut off (one event of any size may always wait).
     :param on_drop: called with each subscription cut off as too slow, after the
         lock is released (so it may publish).
+
+    Under gevent, a publisher that finds a reader's queue half way to
+    :attr:`buffer` yields once (``gevent.sleep(0)``) after the lock is released,
+    so that readers on its hub write before it publishes more.
     """
 
     def __init__(
@@ -410,8 +493,10 @@ class Fanout:
         self.on_drop = on_drop
         self._by_channel: dict[str, set[Subscription]] = {}
         self._closed = False
+        self._yielding = False  # a yield to the readers is queued (call_after)
         self._ticker: threading.Thread | None = None
-        self._tick = _NEVER
+        self._shortest = _NEVER  # the shortest heartbeat a reader waited with
+        self._tick = _NEVER  # seconds between two rounds of the ticker
         self._tick_changed = threading.Event()
         _fanouts.add(self)
 
@@ -428,6 +513,7 @@ class Fanout:
             sub._pending.append(chunk)
             sub._size += len(chunk)
         if sub._pending:
+            sub._woken_at = time.monotonic()
             sub._wake()
         if self._closed:  # shutting down: replay the backlog, then end
             sub._end(SHUTTING_DOWN)
@@ -446,11 +532,29 @@ class Fanout:
         if not subs:
             return
         buffer, buffer_bytes = self.buffer, self.buffer_bytes
-        dropped = [sub for sub in subs if not sub._put(chunk, buffer, buffer_bytes)]
+        now = time.monotonic()
+        dropped: list[Subscription] = []
+        crowded = False
+        for sub in subs:
+            if not sub._put(chunk, buffer, buffer_bytes, now):
+                dropped.append(sub)
+            elif sub._hub is not None and 2 * len(sub._pending) > buffer:
+                crowded = True
+        if crowded and not self._yielding:
+            # A greenlet reader half way to its cut-off: the publisher lets the
+            # readers run before it goes on, so a burst does not cut them off.
+            self._yielding = True
+            self.lock.call_after(self._let_readers_run)
         for sub in dropped:
             self._discard(sub)
+            if sub.on_cut_off is not None and not sub._reading:
+                self.lock.call_after(sub.on_cut_off)
             if self.on_drop is not None:
                 self.lock.call_after(functools.partial(self.on_drop, sub))
+
+    def _let_readers_run(self) -> None:
+        self._yielding = False
+        _let_readers_run()
 
     def remove(self, sub: Subscription) -> None:
         """Unsubscribe *sub* and end it. Takes the lock."""
@@ -497,12 +601,13 @@ class Fanout:
                 if not group:
                     del self._by_channel[channel]
 
-    def _need_ticks(self, interval: float) -> None:
-        """Have the ticker run, at least every *interval* seconds. Takes the lock."""
-        interval = max(interval, _MIN_TICK)
+    def _need_ticks(self, heartbeat: float) -> None:
+        """Have the ticker wake readers at most *heartbeat* seconds after their
+        last write. Takes the lock."""
         with self.lock:
-            if interval < self._tick:
-                self._tick = interval
+            if heartbeat < self._shortest:
+                self._shortest = heartbeat
+                self._tick = max(heartbeat / _TICKS_PER_HEARTBEAT, _MIN_TICK)
                 self._tick_changed.set()
             if self._ticker is not None:
                 return
@@ -515,16 +620,22 @@ class Fanout:
         ticker.start()
 
     def _wake_due(self) -> bool:
-        """Wake every reader whose heartbeat is due; ``False`` (ticker ends) if none
-        is subscribed. Takes the lock."""
+        """Wake every reader whose heartbeat is due before the next round;
+        ``False`` (ticker ends) if none is subscribed. Takes the lock.
+
+        A reader is woken up to one round early, never late: its heartbeats are at
+        most one interval apart, counted from its last write.
+        """
         with self.lock:
             if not self._by_channel:
                 self._ticker = None
                 return False
             now = time.monotonic()
+            due = now + self._tick
             for group in self._by_channel.values():
                 for sub in group:
-                    if sub._deadline <= now:
+                    if sub._deadline <= due and not sub._woken:
+                        sub._woken_at = now
                         sub._wake()
             return True
 
