@@ -23,6 +23,7 @@ from .event import Event, encode_comment
 from .exceptions import InvalidEvent
 from .jwt_tokens import JWTVerifier
 from .signals import event_published, subscriber_dropped
+from .sockets import bound_dead_client, client_socket, client_timeout
 from .stream import SourceStream, event_from_item
 from .views import (
     GAP_EVENT,
@@ -51,6 +52,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_URL_PREFIX": "/stream",
     "EVENTSTREAM_DEFAULT_CHANNEL": "sse",
     "EVENTSTREAM_HEARTBEAT": 15.0,
+    "EVENTSTREAM_CLIENT_TIMEOUT": None,
     "EVENTSTREAM_HISTORY": 1000,
     "EVENTSTREAM_BUFFER": 1000,
     "EVENTSTREAM_BUFFER_BYTES": 8 * 1024 * 1024,
@@ -75,6 +77,7 @@ class _State:
 
     broker: brokers.Broker
     heartbeat: float
+    client_timeout: float
     default_channel: str
     retry: int | None
     max_event_size: int
@@ -94,6 +97,11 @@ class _State:
         if self.retry is not None:
             return f"retry: {self.retry}\n\n".encode()
         return encode_comment("stream open")
+
+    @cached_property
+    def cut_off_gap(self) -> bytes:
+        """The gap event for a client cut off before it got any event (no id)."""
+        return Event('{"last_event_id": null}', event=GAP_EVENT).encode()
 
 
 class EventStream:
@@ -143,7 +151,13 @@ class EventStream:
         ``EVENTSTREAM_DEFAULT_CHANNEL`` (``"sse"``)
             The channel of a request that names none, and of ``publish()``.
         ``EVENTSTREAM_HEARTBEAT`` (``15.0``)
-            Seconds of silence before a heartbeat comment is written.
+            Most seconds between two writes to a stream: past them a heartbeat
+            comment is written. The first comes within one heartbeat of opening.
+        ``EVENTSTREAM_CLIENT_TIMEOUT`` (``None``)
+            Seconds written bytes may go unacknowledged before the connection is
+            given up (``TCP_USER_TIMEOUT``; see :mod:`flask_eventstream.sockets`).
+            ``None``: half the heartbeat, at least 1 s, so a client that vanished
+            is freed within two heartbeats.
         ``EVENTSTREAM_HISTORY`` (``1000``)
             Events kept per channel for replay by ``Last-Event-ID``.
         ``EVENTSTREAM_BUFFER`` (``1000``)
@@ -212,9 +226,13 @@ class EventStream:
             )
             if isinstance(fanout := getattr(broker, "fanout", None), brokers.Fanout):
                 fanout.buffer_bytes = int(config["EVENTSTREAM_BUFFER_BYTES"])
+        heartbeat = float(config["EVENTSTREAM_HEARTBEAT"])
         app.extensions["eventstream"] = _State(
             broker=broker,
-            heartbeat=float(config["EVENTSTREAM_HEARTBEAT"]),
+            heartbeat=heartbeat,
+            client_timeout=client_timeout(
+                heartbeat, config["EVENTSTREAM_CLIENT_TIMEOUT"]
+            ),
             default_channel=validate_channel(config["EVENTSTREAM_DEFAULT_CHANNEL"]),
             retry=_checked_retry(config["EVENTSTREAM_RETRY"]),
             max_event_size=int(config["EVENTSTREAM_MAX_EVENT_SIZE"]),
@@ -398,6 +416,10 @@ class EventStream:
         else:
             items = source if limit is None else _take(source, limit)
         context = request_ctx.copy() if has_request_context() else app.app_context()
+        if has_request_context():
+            sock = client_socket(request_ctx.request.environ)
+            if sock is not None:
+                bound_dead_client(sock, state.client_timeout)
 
         def encode(item: Any) -> bytes:
             return event_from_item(item, app.json.dumps).encode()

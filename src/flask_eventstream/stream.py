@@ -2,9 +2,11 @@
 
 A WSGI server notices a gone client only when a write fails, and then calls the
 body's ``close()`` (PEP 3333). So every body here writes a heartbeat comment when
-it has been idle for ``heartbeat`` seconds (SSE-RULES O4, O9): a dead connection is
-found, and its subscription removed, within about one heartbeat, with no publish
-needed.
+it has written nothing for ``heartbeat`` seconds (SSE-RULES O4, O9), the first
+within one heartbeat of the stream opening: a closed connection is found, and
+its subscription removed, within one heartbeat, with no publish needed. A client
+that vanished without closing is found once the kernel gives its connection up
+(:mod:`flask_eventstream.sockets`).
 """
 
 from __future__ import annotations
@@ -33,16 +35,26 @@ class SubscriptionStream:
     Yields *preamble* at once (so proxies and browsers see an open stream), then
     every chunk the subscription has queued, one write per wake-up; ends when the
     subscription ends. ``close()``, called by the WSGI server, unsubscribes.
+
+    :param gap: written last when the subscription is cut off before it delivered
+        any event: its client has no id to resume from, so its reconnection
+        could not replay what it lost, and is told so instead.
     """
 
-    __slots__ = ("_subscription", "_heartbeat", "_first")
+    __slots__ = ("_subscription", "_heartbeat", "_first", "_gap")
 
     def __init__(
-        self, subscription: Subscription, *, heartbeat: float, preamble: bytes
+        self,
+        subscription: Subscription,
+        *,
+        heartbeat: float,
+        preamble: bytes,
+        gap: bytes = b"",
     ) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
         self._first: bytes | None = preamble
+        self._gap = gap
 
     def __iter__(self) -> SubscriptionStream:
         return self
@@ -51,8 +63,12 @@ class SubscriptionStream:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        chunk = self._subscription.next_chunk(self._heartbeat)
+        subscription = self._subscription
+        chunk = subscription.next_chunk(self._heartbeat)
         if chunk is None:
+            gap, self._gap = self._gap, b""
+            if gap and subscription.cut_off and not subscription.delivered:
+                return gap
             raise StopIteration
         return chunk or HEARTBEAT
 

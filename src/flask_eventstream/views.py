@@ -9,6 +9,7 @@ holds its maximum of open streams. Browsers do not reconnect after any of these
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from .channels import validate_channel
 from .event import Event
 from .exceptions import InvalidChannel, InvalidLastEventId
 from .signals import stream_closed, stream_opened
+from .sockets import abort, bound_dead_client, client_socket
 from .stream import SubscriptionStream
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ __all__ = [
 #: longer has: events may have been missed. Its data is JSON:
 #: ``{"last_event_id": "<the id asked for>"}``. Listen with
 #: ``source.addEventListener("eventstream-gap", ...)`` and reload the page's state.
+#: Also written last, with ``{"last_event_id": null}``, to a client cut off for
+#: falling behind before it got any event: it has no id to resume from.
 GAP_EVENT = "eventstream-gap"
 
 # Content-Type given in full: Werkzeug then skips working out a mimetype per response.
@@ -100,8 +104,15 @@ def subscribe_response(
     if subscription.missed:
         note = app.json.dumps({"last_event_id": last_event_id})
         preamble += Event(note, event=GAP_EVENT).encode()
+    sock = client_socket(req.environ)
+    if sock is not None:
+        bound_dead_client(sock, state.client_timeout)
+        subscription.on_cut_off = functools.partial(abort, sock)
     body = SubscriptionStream(
-        subscription, heartbeat=state.heartbeat, preamble=preamble
+        subscription,
+        heartbeat=state.heartbeat,
+        preamble=preamble,
+        gap=state.cut_off_gap if last_event_id is None else b"",
     )
     # Signals only when someone listens (metrics, an app's receivers): a stream
     # that nobody watches opens and closes without them.
