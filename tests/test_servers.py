@@ -21,6 +21,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,9 +73,16 @@ class Gunicorn:
     ``docs/deploying.md`` recommends, so SIGTERM ends open streams cleanly.
     """
 
-    def __init__(self, worker: str, *, heartbeat: float = 0.5) -> None:
+    def __init__(
+        self,
+        worker: str,
+        *,
+        heartbeat: float = 0.5,
+        host: str = "127.0.0.1",
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         args = [
             sys.executable,
             "-m",
@@ -82,7 +90,7 @@ class Gunicorn:
             "--config",
             "python:flask_eventstream.gunicorn",
             "--bind",
-            f"127.0.0.1:{self.port}",
+            f"{host}:{self.port}",
             "--workers",
             "1",
             "--worker-class",
@@ -97,7 +105,7 @@ class Gunicorn:
             args += ["--worker-connections", "2000"]
         else:
             args += ["--threads", "8"]
-        env = dict(os.environ, EVENTSTREAM_HEARTBEAT=str(heartbeat))
+        env = dict(os.environ, EVENTSTREAM_HEARTBEAT=str(heartbeat), **environ or {})
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT), env.get("PYTHONPATH")])
         )
@@ -142,7 +150,7 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
         missing("gevent")
     servers: list[Gunicorn] = []
 
-    def start(worker: str, **kwargs: float) -> Gunicorn:
+    def start(worker: str, **kwargs: Any) -> Gunicorn:
         server = Gunicorn(worker, **kwargs)
         servers.append(server)
         return server
