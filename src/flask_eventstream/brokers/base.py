@@ -53,10 +53,12 @@ _MIN_TICK = 0.01
 #: woken for its heartbeat at most this fraction of an interval early.
 _TICKS_PER_HEARTBEAT = 8
 
-#: Seconds a reader that waits in :meth:`Subscription.next_chunk` may stay woken
-#: without running before a full queue cuts it off. Such a reader did not fall
-#: behind: it had no CPU (a publisher that did not yield, a busy process).
-STARVED_GRACE = 1.0
+#: Seconds a reader with :attr:`Fanout.buffer` events queued is given to show
+#: progress before it is cut off: to run once woken (it may have had no CPU: a
+#: publisher that did not yield, a busy process), or to finish the write of what
+#: it took last (a client that reads, if slowly). A reader blocked longer on its
+#: client has fallen behind.
+STALL_GRACE = 1.0
 
 #: Written to a subscriber that fell too far behind, just before its stream ends.
 TOO_SLOW = encode_comment(
@@ -189,13 +191,14 @@ class Subscription:
     ``missed`` is true when the subscriber asked to resume from an id the broker no
     longer has (or never had): events may have been lost in between.
 
-    Cut-off: a subscriber with :attr:`Fanout.buffer_bytes` queued, or
-    :attr:`Fanout.buffer` events, is cut off (:data:`TOO_SLOW`) and its queue
-    dropped. The event count is not held against a reader that is waiting in
-    :meth:`next_chunk` and was woken less than :data:`STARVED_GRACE` ago: it has
-    not had the CPU yet, which says nothing of its client. A reader that is
-    writing (back from :meth:`next_chunk`, not yet returned to it) is cut off at
-    once, and :attr:`on_cut_off` is called so that its write can be ended too.
+    Cut-off: a subscriber with :attr:`Fanout.buffer_bytes` queued is cut off
+    (:data:`TOO_SLOW`) and its queue dropped; so is one with :attr:`Fanout.buffer`
+    events queued, unless its reader made progress in the last
+    :data:`STALL_GRACE` seconds (it was woken that recently and has not run yet,
+    or took its last chunk that recently and is still writing it): the count
+    measures lag, not a burst the reader had no CPU for yet. If the reader is
+    writing when it is cut off, :attr:`on_cut_off` is called so that the write
+    blocked on its client is ended too.
 
     :attr:`on_cut_off` is set by the response that streams the subscription and
     called by the publisher that cut it off, once the fan-out's lock is released.
@@ -218,6 +221,7 @@ class Subscription:
         "_deadline",
         "_reading",
         "_woken_at",
+        "_took_at",
     )
 
     def __init__(
@@ -257,8 +261,10 @@ class Subscription:
         self._deadline = _NEVER
         # The reader is inside next_chunk(): waiting, or woken and not yet run.
         self._reading = False
-        # When ``_woken`` was last set (time.monotonic()), for STARVED_GRACE.
+        # When ``_woken`` was last set, and when the reader last took queued
+        # bytes (time.monotonic()); for STALL_GRACE.
         self._woken_at = 0.0
+        self._took_at = 0.0
 
     def next_chunk(self, timeout: float) -> bytes | None:
         """Wait up to about *timeout* seconds and return queued bytes, joined.
@@ -297,6 +303,7 @@ class Subscription:
                     return None
             elif pending:
                 self.delivered = True
+                self._took_at = time.monotonic()
         return b"".join(pending)
 
     def _wait(self, timeout: float) -> bool:
@@ -347,7 +354,7 @@ class Subscription:
             return False
         if self._pending and (
             self._size + len(chunk) > limit_bytes
-            or (len(self._pending) >= limit and not self._starved(now))
+            or (len(self._pending) >= limit and self._stalled(now))
         ):
             self.cut_off = True
             self._end(TOO_SLOW, replace=True)
@@ -359,9 +366,13 @@ class Subscription:
             self._wake()
         return True
 
-    def _starved(self, now: float) -> bool:
-        """Whether the reader waits for the CPU, not for its client (see above)."""
-        return self._reading and now - self._woken_at < STARVED_GRACE
+    def _stalled(self, now: float) -> bool:
+        """Whether the reader made no progress for :data:`STALL_GRACE` (see above).
+
+        Without a reader (nothing ever taken, no one waiting), at once.
+        """
+        since = self._woken_at if self._reading else self._took_at
+        return now - since >= STALL_GRACE
 
     def _end(self, last: bytes = b"", *, replace: bool = False) -> None:
         if replace:
@@ -546,11 +557,15 @@ class Fanout:
             self._yielding = True
             self.lock.call_after(self._let_readers_run)
         for sub in dropped:
-            self._discard(sub)
-            if sub.on_cut_off is not None and not sub._reading:
-                self.lock.call_after(sub.on_cut_off)
-            if self.on_drop is not None:
-                self.lock.call_after(functools.partial(self.on_drop, sub))
+            self._dropped(sub)
+
+    def _dropped(self, sub: Subscription) -> None:
+        """Forget *sub*, cut off; have its write ended and :attr:`on_drop` told."""
+        self._discard(sub)
+        if sub.on_cut_off is not None and not sub._reading:
+            self.lock.call_after(sub.on_cut_off)
+        if self.on_drop is not None:
+            self.lock.call_after(functools.partial(self.on_drop, sub))
 
     def _let_readers_run(self) -> None:
         self._yielding = False
@@ -624,7 +639,9 @@ class Fanout:
         ``False`` (ticker ends) if none is subscribed. Takes the lock.
 
         A reader is woken up to one round early, never late: its heartbeats are at
-        most one interval apart, counted from its last write.
+        most one interval apart, counted from its last write. A subscriber with
+        :attr:`buffer` events queued whose reader stalled is cut off here too, as
+        no publish may come to do it.
         """
         with self.lock:
             if not self._by_channel:
@@ -632,11 +649,18 @@ class Fanout:
                 return False
             now = time.monotonic()
             due = now + self._tick
+            stalled: set[Subscription] = set()
             for group in self._by_channel.values():
                 for sub in group:
                     if sub._deadline <= due and not sub._woken:
                         sub._woken_at = now
                         sub._wake()
+                    elif len(sub._pending) >= self.buffer and sub._stalled(now):
+                        stalled.add(sub)
+            for sub in stalled:
+                sub.cut_off = True
+                sub._end(TOO_SLOW, replace=True)
+                self._dropped(sub)
             return True
 
 
