@@ -31,7 +31,13 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["abort", "bound_dead_client", "client_socket", "client_timeout"]
+__all__ = [
+    "abort",
+    "bound_dead_client",
+    "client_socket",
+    "client_timeout",
+    "connection_lost",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +108,40 @@ def bound_dead_client(sock: socket.socket, timeout: float) -> None:
 
 
 def abort(sock: socket.socket) -> None:
-    """End *sock*'s connection now: a write blocked on it fails, and closing it
-    resets the connection, dropping what the kernel still holds for it.
+    """End *sock*'s connection now: a write blocked on it fails (``EPIPE``), and
+    closing it resets the connection, dropping what the kernel still holds for it.
 
     Safe from any thread or greenlet; does nothing to a socket already closed.
     """
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        sock.shutdown(socket.SHUT_RDWR)
+        if _is_gevent(sock):
+            # Through a duplicate: gevent's own shutdown() fails the blocked write
+            # with EBADF, which servers log as an error; the kernel's gives EPIPE,
+            # which they take for a client gone. (One thread: no close can come
+            # between fileno() and the dup.)
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                _reset(dup)
+        else:
+            _reset(sock)
     except OSError:  # already closed, or the client went first
         pass
+
+
+def connection_lost(sock: socket.socket) -> bool:
+    """Whether the kernel gave *sock*'s connection up (``TCP_USER_TIMEOUT``,
+    keep-alive, a reset). Takes the error, so that the next write fails with
+    ``EPIPE``, which servers take for a client gone, not with ``ETIMEDOUT``,
+    which they log as an error."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    except OSError:
+        return True
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _is_gevent(sock: socket.socket) -> bool:
+    return type(sock).__module__.startswith("gevent")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -20,6 +21,7 @@ from typing import Any
 
 from .brokers.base import Subscription
 from .event import Event, encode_comment
+from .sockets import connection_lost
 
 __all__ = ["HEARTBEAT", "SourceStream", "SubscriptionStream"]
 
@@ -39,9 +41,11 @@ class SubscriptionStream:
     :param gap: written last when the subscription is cut off before it delivered
         any event: its client has no id to resume from, so its reconnection
         could not replay what it lost, and is told so instead.
+    :param sock: the client socket, if the server exposes it: before each
+        heartbeat the stream ends if the kernel gave the connection up.
     """
 
-    __slots__ = ("_subscription", "_heartbeat", "_first", "_gap")
+    __slots__ = ("_subscription", "_heartbeat", "_first", "_gap", "_socket")
 
     def __init__(
         self,
@@ -50,11 +54,13 @@ class SubscriptionStream:
         heartbeat: float,
         preamble: bytes,
         gap: bytes = b"",
+        sock: socket.socket | None = None,
     ) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
         self._first: bytes | None = preamble
         self._gap = gap
+        self._socket = sock
 
     def __iter__(self) -> SubscriptionStream:
         return self
@@ -70,7 +76,11 @@ class SubscriptionStream:
             if gap and subscription.cut_off and not subscription.delivered:
                 return gap
             raise StopIteration
-        return chunk or HEARTBEAT
+        if chunk:
+            return chunk
+        if self._socket is not None and connection_lost(self._socket):
+            raise StopIteration
+        return HEARTBEAT
 
     def close(self) -> None:
         self._subscription.close()

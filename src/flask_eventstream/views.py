@@ -113,6 +113,7 @@ def subscribe_response(
         heartbeat=state.heartbeat,
         preamble=preamble,
         gap=state.cut_off_gap if last_event_id is None else b"",
+        sock=sock,
     )
     # Signals only when someone listens (metrics, an app's receivers): a stream
     # that nobody watches opens and closes without them.
