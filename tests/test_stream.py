@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask, request
 
-from flask_eventstream import GAP_EVENT, EventStream
+from flask_eventstream import GAP_EVENT, Event, EventParser, EventStream
+from flask_eventstream.brokers.base import TOO_SLOW
 
 from .conftest import LiveServer
 from .helpers import StreamClient, wait_for
@@ -195,6 +196,42 @@ class TestReplay:
         got = client.read_events(4)
         assert got[0].event == GAP_EVENT
         assert [e.data for e in got[1:]] == ["3", "4", "5"]
+
+
+class TestCutOff:
+    """A client cut off for falling behind learns what it lost on reconnection;
+    one with no id to resume from is told at once (a gap event)."""
+
+    def _cut_off(self, headers: dict[str, str], first: int = 0) -> list[Event]:
+        app = Flask(__name__)
+        # Two events of ~40 bytes are more than a subscriber may have waiting.
+        app.config.update(EVENTSTREAM_BUFFER_BYTES=60, EVENTSTREAM_HEARTBEAT=5)
+        events = EventStream(app)
+        response = app.test_client().get("/stream", headers=headers, buffered=False)
+        body = iter(response.response)
+        next(body)  # the preamble
+        with app.app_context():
+            for n in range(first):
+                events.publish(f"got {n}")
+        taken = [next(body) for _ in range(first)]
+        with app.app_context():  # nobody reads now
+            for n in range(3):
+                events.publish(f"lost {n}")
+        rest = b"".join(body)
+        response.close()
+        assert rest.startswith(TOO_SLOW)
+        return EventParser().feed(b"".join(taken) + rest)
+
+    def test_a_client_without_an_id_is_sent_a_gap_event(self) -> None:
+        (gap,) = self._cut_off({})
+        assert gap.event == GAP_EVENT
+        assert json.loads(gap.data) == {"last_event_id": None}
+
+    def test_a_client_resuming_from_an_id_reconnects_with_it(self) -> None:
+        assert self._cut_off({"Last-Event-ID": "0"}) == []
+
+    def test_a_client_that_got_an_event_reconnects_with_its_id(self) -> None:
+        assert [e.data for e in self._cut_off({}, first=1)] == ["got 0"]
 
 
 class TestDisconnect:

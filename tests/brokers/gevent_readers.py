@@ -172,5 +172,15 @@ def timers_run_between_wakeups() -> dict[str, Any]:
     return {"readers": order.count("reader"), "timer_at": order.index("timer")}
 
 
+def burst() -> dict[str, Any]:
+    """A publisher that never yields (``publish()`` in a loop) delivers ten times
+    the buffer: the fan-out lets the readers run, so none is cut off."""
+    fanout = Fanout(buffer=EVENTS // 10)
+    subs, got, greenlets = _readers(fanout)
+    _deliver(fanout, EVENTS, pause=False)
+    gevent.joinall(greenlets, timeout=10)
+    return {"cut_off": sum(sub.cut_off for sub in subs), "sequences": _sequences(got)}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))

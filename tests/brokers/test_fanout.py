@@ -192,3 +192,49 @@ class TestDropCallbacks:
         assert calls == [("fail",)]
         slow.close()
         fast.subscription.close()
+
+
+class TestCutOffMeasuresLag:
+    """The event-count cut-off spares a reader that had no chance to run, and
+    catches one stalled on its client even when nothing more is published."""
+
+    def test_a_reader_woken_but_not_yet_run_is_not_cut_off(self) -> None:
+        fanout = Fanout(buffer=10)
+        with fanout.lock:
+            sub = fanout.subscribe(["c"])
+        reader = Reader(sub)
+        waiting = threading.Thread(target=reader.read, args=(30,))
+        waiting.start()
+        wait_for(lambda: sub._reading)
+        with fanout.lock:  # the reader, woken by the first, cannot take any yet
+            for n in range(30):
+                fanout.deliver("c", Event(str(n)).encode())
+        waiting.join(timeout=5)
+        assert [e.data for e in reader.events] == [str(n) for n in range(30)]
+        assert not sub.cut_off
+        sub.close()
+
+    def test_a_reader_stalled_in_a_write_is_cut_off_without_more_publishing(
+        self,
+    ) -> None:
+        fanout = Fanout(buffer=10)
+        aborted = threading.Event()
+        with fanout.lock:
+            sub = fanout.subscribe(["c"])
+        sub.on_cut_off = aborted.set
+        with fanout.lock:
+            fanout.deliver("c", b"data: first\n\n")
+        assert sub.next_chunk(5) == b"data: first\n\n"  # then it "writes" forever
+        with fanout.lock:
+            for n in range(10):
+                fanout.deliver("c", Event(str(n)).encode())
+        assert not sub.cut_off  # it took its last chunk a moment ago
+        with fanout.lock:  # a reader whose waits keep the heartbeat ticker going
+            idle = fanout.subscribe(["c"])
+        ticking = threading.Thread(target=idle.next_chunk, args=(0.2,))
+        ticking.start()
+        assert aborted.wait(timeout=5), "the stalled reader was not cut off"
+        assert sub.cut_off
+        assert sub.next_chunk(0) == TOO_SLOW
+        ticking.join(timeout=5)
+        idle.close()

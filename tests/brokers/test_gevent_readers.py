@@ -55,6 +55,11 @@ def test_a_publisher_on_another_os_thread_wakes_greenlet_readers() -> None:
     assert result["sequences"] == [ALL] * READERS
 
 
+def test_a_publisher_that_never_yields_cuts_off_no_reader() -> None:
+    result = run("burst")  # EVENTS events, a buffer of EVENTS // 10
+    assert result == {"cut_off": 0, "sequences": [ALL] * READERS}
+
+
 def test_an_idle_greenlet_reader_is_woken_for_its_heartbeat() -> None:
     result = run("heartbeat")
     assert result == {"chunk": "b''", "waited_at_least_the_heartbeat": True}
