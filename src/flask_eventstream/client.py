@@ -27,8 +27,9 @@ What a connection does:
   *reconnection_time*), to the original URL, with the parser seeded with the last
   event id (D3), so events without an ``id`` keep it as in browsers.
 - A connection silent for longer than *read_timeout* (twice the server's heartbeat
-  interval by default) is taken for dead and replaced: the server writes a heartbeat
-  comment whenever it is idle, so silence means the connection is gone (O4).
+  interval by default) is taken for dead and replaced: the server writes at least
+  once per heartbeat interval, so silence means the connection is gone (O4), and
+  twice leaves a whole interval for the network.
 
 Deliberate choices where the standard leaves room: consecutive failed attempts
 double the wait (up to *max_backoff*, "user agents might introduce an exponential

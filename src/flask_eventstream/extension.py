@@ -161,7 +161,8 @@ class EventStream:
         ``EVENTSTREAM_HISTORY`` (``1000``)
             Events kept per channel for replay by ``Last-Event-ID``.
         ``EVENTSTREAM_BUFFER`` (``1000``)
-            Events that may wait for one slow client before it is cut off.
+            Events that may wait for one slow client before it is cut off, once
+            it has also shown no progress for a second.
         ``EVENTSTREAM_BUFFER_BYTES`` (``8388608``)
             Bytes that may wait for one slow client before it is cut off (one event
             of any size may always wait).
