@@ -32,7 +32,14 @@ Scenarios (what each measures):
   leaks;
 - ``stalled``: R readers plus one that never reads (4 KiB receive buffer), large
   events: the readers' p99 latency and completeness, the worker's RSS growth, and
-  whether the server cut the stalled reader off.
+  whether the server cut the stalled reader off;
+- ``hostile``: H healthy readers, plus K that never read and V that vanish
+  without a word (in a network namespace whose link is cut, ``vanish.py``; only
+  as root, else none vanish), while events go out at 30/s: the healthy readers'
+  p99 latency and completeness, the worker's RSS every second, how many hostile
+  streams the server still holds as the publishing ends, and how many streams
+  it holds 35 s after every client left or vanished (two of our heartbeats).
+  gunicorn targets only.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from . import vanish
 from .loadgen import (
     ChurnPlan,
     ChurnSummary,
@@ -90,10 +98,14 @@ class Sizes:
     stalled_readers: int
     stalled_events: int
     stalled_size: int
+    hostile_readers: int
+    hostile_stalled: int
+    hostile_vanished: int
+    hostile_events: int
 
 
-QUICK = Sizes(2000, 500, 100, 1000, 50, 1500, 8192)
-FULL = Sizes(10_000, 1000, 200, 2000, 100, 1500, 8192)
+QUICK = Sizes(2000, 500, 100, 1000, 50, 1500, 8192, 300, 30, 30, 600)
+FULL = Sizes(10_000, 1000, 200, 2000, 100, 1500, 8192, 1000, 100, 100, 1200)
 
 
 # Processes
@@ -194,7 +206,9 @@ class Target:
 class Server:
     """One target's server process (one worker) and, when it needs one, a Redis."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, also_on: str | None = None) -> None:
+        """:param also_on: a second address gunicorn listens on (the port is the
+        same), for clients in a network namespace."""
         self.target = target
         self.port = _free_port()
         self.redis = (
@@ -225,6 +239,8 @@ class Server:
             "--log-level",
             "warning",
         ]
+        if also_on is not None:
+            gunicorn += ["-b", f"{also_on}:{self.port}"]
         if target.kind == "ours":
             if self.redis is not None:
                 env["EVENTSTREAM_BROKER_URL"] = self.redis.url
@@ -526,6 +542,66 @@ def stalled(server: Server, readers: int, events: int, size: int) -> dict[str, A
     }
 
 
+def hostile(
+    server: Server,
+    island: vanish.Island | None,
+    sizes: Sizes,
+    rate: float = 30.0,
+    size: int = 1024,
+) -> dict[str, Any]:
+    channel = "hostile"
+    readers, stalled, events = (
+        sizes.hostile_readers,
+        sizes.hostile_stalled,
+        sizes.hostile_events,
+    )
+    plans = _stream_plans(server, channel, readers + stalled, events, stalled)
+    clients = Clients(plans)
+    clients.ready(60)
+    path = f"/stream?channel={channel}"
+    vanished = 0
+    if island is not None and island.open_streams(
+        server.port, path, sizes.hostile_vanished
+    ):
+        vanished = sizes.hostile_vanished
+    _wait(lambda: server.count(channel) >= readers + stalled + vanished, 60, 0.2)
+    if island is not None:
+        island.cut()
+    rss: list[float] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(1.0):
+            with contextlib.suppress(psutil.Error):
+                rss.append(server.rss() / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    server.post(f"/publish?channel={channel}&count={events}&rate={rate}&size={size}")
+    time.sleep(0.9 * events / rate)  # near the end, every healthy reader still in
+    held = server.count(channel) - readers
+    summaries = clients.results(events / rate + 60)
+    _wait(lambda: server.count(channel) == 0, 35, 0.5)
+    held_later = server.count(channel)
+    sampling.set()
+    sampler.join()
+    latencies = _latencies(summaries)
+    p50, p99 = _percentiles(latencies)
+    return {
+        "readers": readers,
+        "stalled": stalled,
+        "vanished": vanished,
+        "complete": sum(s.complete for s in summaries),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "rss_peak_mib": max(rss, default=math.nan),
+        "rss_end_mib": rss[-1] if rss else math.nan,
+        "rss_over_time": [round(v) for v in rss[::5]],
+        "hostile_held": held,
+        "hostile_held_35s_later": held_later,
+    }
+
+
 # Report
 
 
@@ -612,6 +688,17 @@ ROWS = [
     ("stalled", "complete", "1 stalled: others complete", ""),
     ("stalled", "rss_growth_mib", "1 stalled: worker RSS growth, MiB", "low"),
     ("stalled", "stalled_cut_off", "1 stalled: cut off by the server", ""),
+    ("hostile", "p99_ms", "hostile: healthy readers' p99 latency, ms", "low"),
+    ("hostile", "complete", "hostile: healthy readers complete", ""),
+    ("hostile", "rss_peak_mib", "hostile: worker RSS peak, MiB", "low"),
+    ("hostile", "rss_end_mib", "hostile: worker RSS at the end, MiB", "low"),
+    ("hostile", "hostile_held", "hostile: hostile streams held as publishing ends", ""),
+    (
+        "hostile",
+        "hostile_held_35s_later",
+        "hostile: streams held 35 s after all left",
+        "",
+    ),
 ]
 
 
@@ -655,7 +742,11 @@ def report(
         f"subscribers x {sizes.fanout_events} events; churn {sizes.churn:,} "
         f"connections, 50 at a time; stalled: {sizes.stalled_readers} readers + 1 "
         f"stalled, {sizes.stalled_events} events of {sizes.stalled_size:,} bytes at "
-        "500/s. Each server: one worker process (gunicorn -k gevent; uvicorn); "
+        "500/s; hostile: "
+        f"{sizes.hostile_readers:,} readers + {sizes.hostile_stalled} that never "
+        f"read + {sizes.hostile_vanished} that vanish (as root), "
+        f"{sizes.hostile_events} events of 1,024 bytes at 30/s. "
+        "Each server: one worker process (gunicorn -k gevent; uvicorn); "
         "the load generator: 2 asyncio processes on the same machine "
         "(1 for the churn).",
         "",
@@ -693,6 +784,13 @@ def report(
         for scenario, data in results[n].items()
         if data.get("errors")
     ]
+    over_time = [
+        f"- {n}: " + ", ".join(str(v) for v in data["rss_over_time"])
+        for n in names
+        if (data := results[n].get("hostile", {})).get("rss_over_time")
+    ]
+    if over_time:
+        lines += ["", "hostile: worker RSS (MiB) every 5 s:", "", *over_time]
     if errors:
         lines += ["", "Errors seen (first few):", "", *errors]
     lines += ["", f"Chart: `{stem.name}.png`.", ""]
@@ -734,11 +832,19 @@ def _chart(
     plt.close(figure)
 
 
+#: What sse-starlette's uvicorn runs: not ``hostile``, which needs a gunicorn that
+#: listens on a second address.
+_UVICORN_SCENARIOS = ("idle", "fanout-burst", "fanout-50/s", "churn", "stalled")
+
+
 def _targets(only: list[str] | None) -> list[Target]:
     targets = [Target("ours-memory", "ours", "memory")]
     if (ROOT / "src" / "flask_eventstream" / "brokers" / "redis.py").exists():
         targets.append(Target("ours-redis", "ours", "redis"))
-    targets += [Target("flask-sse", "flask-sse"), Target("sse-starlette", "starlette")]
+    targets += [
+        Target("flask-sse", "flask-sse"),
+        Target("sse-starlette", "starlette", scenarios=_UVICORN_SCENARIOS),
+    ]
     for name, app in (("wsgi-floor", "app"), ("flask-floor", "flask_app")):
         targets.append(Target(name, "floor", app, scenarios=("idle", "churn")))
     return [t for t in targets if not only or t.name in only]
@@ -753,8 +859,8 @@ def _raise_fd_limit() -> None:
 
 
 @contextlib.contextmanager
-def _serving(target: Target) -> Iterator[Server]:
-    server = Server(target)
+def _serving(target: Target, also_on: str | None) -> Iterator[Server]:
+    server = Server(target, also_on)
     try:
         yield server
     finally:
@@ -771,10 +877,13 @@ _WORST = ("failed", "subscribers_left", "fds_leaked", "redis_clients_leaked")
 
 
 def _run_once(
-    target: Target, name: str, scenario: Callable[[Server], dict[str, Any]]
+    target: Target,
+    name: str,
+    scenario: Callable[[Server], dict[str, Any]],
+    also_on: str | None = None,
 ) -> dict[str, Any]:
     # A fresh server per scenario: nothing left over from the one before.
-    with _serving(target) as server:
+    with _serving(target, also_on) as server:
         print(f"{target.name}: {name} ...", flush=True)
         try:
             result = scenario(server)
@@ -823,7 +932,29 @@ def main(argv: list[str] | None = None) -> int:
         "stalled": lambda s: stalled(
             s, sizes.stalled_readers, sizes.stalled_events, sizes.stalled_size
         ),
+        "hostile": lambda s: hostile(s, island, sizes),
     }
+    island = None
+    if vanish.available() and (not args.scenarios or "hostile" in args.scenarios):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            island = vanish.Island()
+    try:
+        return _run(args, scenarios, island, mode, sizes, started, load, clock)
+    finally:
+        if island is not None:
+            island.remove()
+
+
+def _run(
+    args: argparse.Namespace,
+    scenarios: dict[str, Callable[[Server], dict[str, Any]]],
+    island: vanish.Island | None,
+    mode: str,
+    sizes: Sizes,
+    started: datetime.datetime,
+    load: tuple[float, float, float],
+    clock: float,
+) -> int:
     targets = _targets(args.only)
     results: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in targets}
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
@@ -837,7 +968,8 @@ def main(argv: list[str] | None = None) -> int:
                 if target.scenarios is not None and name not in target.scenarios:
                     continue
                 got = rounds[target.name].setdefault(name, [])
-                got.append(_run_once(target, name, scenario))
+                also_on = island.host_ip if island and name == "hostile" else None
+                got.append(_run_once(target, name, scenario, also_on))
     for target in targets:
         for name, got in rounds[target.name].items():
             results[target.name][name] = _median_round(got)
