@@ -129,7 +129,8 @@ async def _open(plan: StreamPlan) -> tuple[asyncio.StreamReader, Any]:
 async def _ended_by_server(reader: asyncio.StreamReader, wait: float = 5.0) -> bool:
     """Whether the server ended a stalled stream: read what it had queued (the
     server cannot close a connection while its write to it is blocked), then see
-    whether the end comes within *wait* seconds, not just heartbeats."""
+    whether the end comes within *wait* seconds, not just heartbeats. A reset
+    ends it too: a server that cut the stream off may drop what it had queued."""
 
     async def drain() -> None:
         while await reader.read(1 << 18):
@@ -137,6 +138,8 @@ async def _ended_by_server(reader: asyncio.StreamReader, wait: float = 5.0) -> b
 
     try:
         await asyncio.wait_for(drain(), wait)
+    except ConnectionResetError:
+        return True
     except (asyncio.TimeoutError, OSError, ConnectionError):
         return False
     return True
