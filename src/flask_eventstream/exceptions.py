@@ -6,8 +6,9 @@ The tree::
     ├── InvalidEvent (also ValueError)     an event that cannot be written as SSE
     ├── InvalidChannel (also ValueError)   a channel name outside the documented rules
     ├── InvalidLastEventId (also ValueError)
-    ├── BrokerError
-    │   └── BrokerUnavailable              the broker cannot accept a publish right now
+    ├── BrokerError                        the broker refused (the event was not stored)
+    │   └── BrokerUnavailable              the broker cannot be reached: not stored
+    │       └── PublishUncertain           no answer in time: stored or not, unknown
     └── ClientError                        raised by flask_eventstream.client
         ├── StreamRefused                  not 200 text/event-stream: do not reconnect
         ├── EventTooLarge                  a line or event over the client's size cap
@@ -50,6 +51,29 @@ class BrokerError(EventStreamError):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached; the publish was *not* accepted: retry it."""
+
+
+class PublishUncertain(BrokerUnavailable):
+    """The publish was sent, but no answer came: it may or may not be stored.
+
+    Retrying with the same key cannot send the event twice: a publish with an
+    ``idempotency_key`` that the channel already stored returns the stored event.
+
+    .. code-block:: python
+
+        try:
+            events.publish(data, channel="orders")
+        except PublishUncertain as exc:
+            events.publish(data, channel="orders", idempotency_key=exc.idempotency_key)
+
+    :param channel: the channel published to.
+    :param idempotency_key: the key the attempt was stored under, if it was.
+    """
+
+    def __init__(self, message: str, *, channel: str, idempotency_key: str) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.idempotency_key = idempotency_key
 
 
 class ClientError(EventStreamError):

@@ -251,6 +251,7 @@ class EventStream:
         retry: int | None = None,
         channel: str | None = None,
         type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Send an event to every subscriber of *channel*; return it as sent.
 
@@ -265,10 +266,18 @@ class EventStream:
         :param retry: a reconnection time in ms for the clients.
         :param channel: defaults to ``EVENTSTREAM_DEFAULT_CHANNEL`` (``"sse"``).
         :param type: Flask-SSE's name for *event*.
+        :param idempotency_key: makes a retry safe: if *channel* already stored an
+            event published with this key (the Redis broker remembers keys for an
+            hour, the memory broker while the event is in the history), that
+            event is returned and nothing is sent again.
         :raises InvalidEvent: for a field that cannot be sent, or an event larger than
             ``EVENTSTREAM_MAX_EVENT_SIZE``.
         :raises InvalidChannel: for a channel name outside the rules.
+        :raises PublishUncertain: the broker took the event but did not answer in
+            time: it may have been stored. Retry with the exception's
+            ``idempotency_key``.
         :raises BrokerUnavailable: when the broker could not accept it (nothing sent).
+        :raises BrokerError: when the broker refused it (nothing sent).
         """
         if type is not None:
             if event is not None and event != type:
@@ -286,7 +295,7 @@ class EventStream:
                 f"event is {size} bytes encoded; EVENTSTREAM_MAX_EVENT_SIZE allows "
                 f"{state.max_event_size}",
             )
-        sent = state.broker.publish(name, sse)
+        sent = state.broker.publish(name, sse, idempotency_key=idempotency_key)
         logger.debug("published event %s to channel %r", sent.id, name)
         event_published.send(app, channel=name, event=sent)
         return sent

@@ -47,6 +47,7 @@ Divergences from the memory broker, on purpose:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -67,6 +68,7 @@ from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
+    NoScriptError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -77,9 +79,14 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from ..event import Event
-from ..exceptions import BrokerError, BrokerUnavailable, InvalidEvent
+from ..exceptions import (
+    BrokerError,
+    BrokerUnavailable,
+    InvalidEvent,
+    PublishUncertain,
+)
 from ..signals import broker_reconnected
-from .base import Broker, Fanout, Subscription
+from .base import GAP_EVENT, Broker, Fanout, Subscription
 
 __all__ = ["RedisBroker"]
 
@@ -115,12 +122,18 @@ _START_WAIT = _POOL_WAIT + 4 * _TIMEOUT
 #: Connections for publish and replay (the listener has its own).
 _POOL_SIZE = 2
 
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+#: The largest part of a stream entry id Redis can hold (an unsigned 64-bit number).
+_ID_PART_MAX = 2**64 - 1
 
-# Fields of a stream entry: data, event type, explicit id, retry, publish token.
-_DATA, _TYPE, _ID, _RETRY, _TOKEN = b"d", b"e", b"i", b"r", b"t"
+# Fields of a stream entry: data, event type, explicit id, retry, publish token, and
+# the id of the entry that was the stream's newest when this one was added
+# (``0-0``: the stream was empty), which lets a reader prove it missed nothing.
+_DATA, _TYPE, _ID, _RETRY, _TOKEN, _PREVIOUS = b"d", b"e", b"i", b"r", b"t", b"p"
 #: How many of a stream's newest entries a publish looks through for its own token.
 _DEDUPE_WINDOW = 64
+#: Seconds Redis remembers an ``idempotency_key`` given to ``publish``.
+_KEY_TTL = 3600
 
 #: XADD with an id unique across all channels, not only within one stream: the
 #: Redis clock in ms and a sequence number, both taken from the last id given out
@@ -130,10 +143,17 @@ _DEDUPE_WINDOW = 64
 #: A publish is retried once when its connection breaks; if the first attempt was
 #: stored and only the reply was lost, the retry finds the attempt's random token
 #: (field ``t``) among the newest entries and returns that entry's id instead of
-#: storing the event twice.
-#: KEYS: stream, last-id key; ARGV: maxlen, token, dedupe window, field, value, ...
+#: storing the event twice. An app's own idempotency key (ARGV[4] is "1") is also
+#: kept under KEYS[3] for an hour, with the entry id, so a retry much later finds it.
+#: Each entry records the stream's newest id before it (field ``p``).
+#: KEYS: stream, last-id key, idempotency key;
+#: ARGV: maxlen, token, dedupe window, keyed, key ttl, field, value, ...
 _XADD = """
 if redis.replicate_commands then redis.replicate_commands() end
+if ARGV[4] == '1' then
+    local known = redis.call('GET', KEYS[3])
+    if known then return known end
+end
 local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
 for _, entry in ipairs(recent) do
     local fields = entry[2]
@@ -155,11 +175,16 @@ if last then
     end
 end
 local id = string.format('%.0f-%.0f', ms, seq)
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 4))
+local previous = '0-0'
+if recent[1] then previous = recent[1][1] end
+local added = redis.pcall(
+    'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'p', previous, unpack(ARGV, 6))
 if type(added) == 'table' and added.err then
-    added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+    added = redis.call(
+        'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous, unpack(ARGV, 6))
 end
 redis.call('SET', KEYS[2], added)
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], added, 'EX', ARGV[5]) end
 return added
 """
 
@@ -182,9 +207,35 @@ class _Entry(NamedTuple):
     wire: bytes
 
 
+class _Scan(NamedTuple):
+    """One channel's stream read backwards for a resume (see ``_scan_back``)."""
+
+    #: The newest entry's id (the origin if the stream is empty).
+    top: EntryId
+    #: The id of the entry the client named, if this stream has it.
+    found: EntryId | None
+    #: The entries after where the scan stopped, oldest first.
+    entries: list[_Entry]
+    #: Whether the scan reached the stream's oldest entry without stopping, and
+    #: the ``p`` field of that entry (``None``: none, or it has no such field).
+    reached_start: bool
+    oldest_previous: EntryId | None
+
+
+def _gap(channel: str, cursor: EntryId) -> bytes:
+    """The gap event for the subscribers of *channel* when this process cannot
+    prove it delivered every entry after *cursor*, the last one it delivered."""
+    note = {"channel": channel, "last_event_id": _format_id(cursor)}
+    return Event(json.dumps(note), event=GAP_EVENT).encode()
+
+
 #: What a history read gives: per channel the newest entry id read and the entries
 #: to replay (oldest first); and whether events may have been missed.
 _Replay = tuple[dict[str, tuple[EntryId, list[_Entry]]], bool]
+
+
+class _Sent(Exception):
+    """A publish command was written to Redis, then its reply failed."""
 
 
 class _Read:
@@ -198,9 +249,31 @@ class _Read:
 
 
 def _parse_id(raw: bytes | str) -> EntryId:
+    """An entry id that Redis gave (so well formed) as a comparable pair."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _entry_id(text: str) -> EntryId | None:
+    """*text* as a stream entry id, if it is one Redis could hold; else ``None``.
+
+    A client's ``Last-Event-ID`` goes through this: a value beyond what a stream
+    id holds (such as ``99999999999999999999-0``) is no position at all.
+    """
+    match = _ENTRY_ID.fullmatch(text)
+    if match is None:
+        return None
+    ms, seq = int(match[1]), int(match[2])
+    if ms > _ID_PART_MAX or seq > _ID_PART_MAX:
+        return None
+    return ms, seq
+
+
+def _plausible(position: EntryId) -> bool:
+    """Whether *position* could be an id given out by now: no more than a minute
+    ahead of this host's clock (ids are Redis' clock in ms)."""
+    return position[0] <= time.time_ns() // 1_000_000 + 60_000
 
 
 def _format_id(entry_id: EntryId) -> str:
@@ -320,6 +393,17 @@ class RedisBroker(Broker):
         # the subscription that added them), and the event set once it is known.
         # The listener does not read them yet. Guarded by the fan-out lock.
         self._starting: dict[str, threading.Event] = {}
+        # Channels whose cursor is a guess (the clock; Redis was down when they
+        # started), not an entry read from Redis: the listener cannot check that
+        # it missed nothing after it. Guarded by the fan-out lock.
+        self._unproven: set[str] = set()
+        # The token this broker found in ``<prefix>epoch`` (None: not read yet). A
+        # different token, or none, means Redis is not the store the cursors were
+        # read from (restarted empty, or flushed). When the listener checks again
+        # (monotonic). Listener-owned.
+        self._epoch_key = f"{key_prefix}epoch"
+        self._epoch: bytes | None = None
+        self._check_due = 0.0
         # History reads in flight, by (channels, Last-Event-ID): a reconnect storm
         # (a worker died; its browsers all resume from the same id) reads once.
         self._reads: dict[tuple[tuple[str, ...], str], _Read] = {}
@@ -374,13 +458,22 @@ class RedisBroker(Broker):
 
     # Publishing
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(
+        self, channel: str, event: Event, *, idempotency_key: str | None = None
+    ) -> Event:
         """Append *event* to *channel*'s stream; every process's listener delivers it.
 
+        :param idempotency_key: if *channel* stored an event with this key in the
+            last hour, that event's id is returned and nothing is stored again.
         :return: the event with its id: the one given, or the stream entry id.
         :raises BrokerUnavailable: Redis cannot be reached (or is read-only); the
             event was not stored, so nobody receives it: retry or report.
-        :raises BrokerError: Redis refused the write for another reason.
+        :raises PublishUncertain: the command reached Redis, or may have, but no
+            answer came in time (Redis stalled, or the connection broke while it
+            ran): the event may have been stored and delivered. Retry with the
+            exception's ``idempotency_key`` to be sure it is stored once.
+        :raises BrokerError: Redis refused the write for another reason (out of
+            memory, say); the event was not stored.
         """
         fields: list[bytes | str] = [_DATA, event.data.encode()]
         if event.event is not None:
@@ -389,27 +482,86 @@ class RedisBroker(Broker):
             fields += [_ID, event.id]
         if event.retry is not None:
             fields += [_RETRY, str(event.retry)]
-        token = secrets.token_hex(8)
+        token = idempotency_key or secrets.token_hex(8)
         fields += [_TOKEN, token]
-        try:
-            entry_id = self._xadd(
-                keys=[self.key(channel), self._last_id_key],
-                args=[self._history, token, _DEDUPE_WINDOW, *fields],
-                client=self._redis,
-            )
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(
-                f"Redis at {self._where} is unavailable ({exc}); the event for "
-                f"channel {channel!r} was not published"
-            ) from exc
-        except RedisError as exc:
-            raise BrokerError(
-                f"Redis at {self._where} refused the event: {exc}"
-            ) from exc
-        self._seen(_parse_id(cast(bytes, entry_id)))
+        keyed = idempotency_key is not None
+        idempotency = f"{self.key(channel)}:key:{token}" if keyed else self.key(channel)
+        keys = [self.key(channel), self._last_id_key, idempotency]
+        args = [self._history, token, _DEDUPE_WINDOW, int(keyed), _KEY_TTL, *fields]
+        raw = self._store(channel, token, keys, args)
+        self._seen(_parse_id(raw))
         if event.id is None:
-            event = replace(event, id=cast(bytes, entry_id).decode())
+            event = replace(event, id=raw.decode())
         return event
+
+    def _store(
+        self, channel: str, token: str, keys: list[str], args: list[Any]
+    ) -> bytes:
+        """Run the publish script; the new (or already stored) entry's id.
+
+        Two attempts, the second on a fresh connection: a pooled connection may
+        be dead (Redis restarted), and the token makes a second run of a stored
+        attempt return the first one's entry. What is raised says whether the
+        command may have run: only a failure before any attempt was sent is
+        "not stored".
+        """
+        pool: Any = self._pool  # redis-py leaves these methods untyped
+        sent = False
+        failure: BaseException | None = None
+        for _ in range(2):
+            try:
+                connection = pool.get_connection()
+            except _UNAVAILABLE as exc:
+                failure = exc
+                break  # cannot connect: no second attempt will either
+            try:
+                return self._run_script(connection, keys, args)
+            except _Sent as exc:
+                sent = True
+                failure = exc.__cause__
+                connection.disconnect()
+            except _UNAVAILABLE as exc:  # failed while sending: not run
+                failure = exc
+                connection.disconnect()
+            except ResponseError as exc:
+                refused: type[BrokerError] = (
+                    BrokerUnavailable if isinstance(exc, ReadOnlyError) else BrokerError
+                )
+                raise refused(
+                    f"Redis at {self._where} refused the event for channel "
+                    f"{channel!r}: {exc}"
+                ) from exc
+            finally:
+                pool.release(connection)
+        if sent:
+            raise PublishUncertain(
+                f"Redis at {self._where} did not answer in time ({failure}); the "
+                f"event for channel {channel!r} may or may not have been stored: "
+                "retry with this exception's idempotency_key",
+                channel=channel,
+                idempotency_key=token,
+            ) from failure
+        raise BrokerUnavailable(
+            f"Redis at {self._where} is unavailable ({failure}); the event for "
+            f"channel {channel!r} was not published"
+        ) from failure
+
+    def _run_script(self, connection: Any, keys: list[str], args: list[Any]) -> bytes:
+        """EVALSHA the publish script on *connection* (EVAL if Redis lacks it).
+
+        :raises _Sent: the command was written and then the reply failed (from
+            the Redis error as ``__cause__``).
+        """
+        script = self._xadd
+        for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
+            connection.send_command(command, body, len(keys), *keys, *args)
+            try:
+                return cast(bytes, connection.read_response())
+            except NoScriptError:
+                continue  # certainly not run: send the script itself
+            except _UNAVAILABLE as exc:
+                raise _Sent() from exc
+        raise BrokerError("Redis did not take the publish script")
 
     # Subscribing
 
@@ -419,8 +571,13 @@ class RedisBroker(Broker):
         """Subscribe to *channels*; replay what came after *last_event_id* first.
 
         *last_event_id* may be a stream entry id (from any process) or an id given to
-        ``publish``. If it is no longer in the history (or never was), the
-        subscription's ``missed`` is true and it gets the whole retained history.
+        ``publish``. It is only looked up, never trusted: unless one of *channels*
+        holds the entry it names, and nothing after that entry was trimmed, the
+        subscription's ``missed`` is true (the gap event). It then gets the
+        retained entries after the id if it is a stream entry id (none if it is
+        newer than all of them), else the whole retained history. Where the
+        listener of this process reads from is always an id Redis gave, so one
+        client's id never changes what other subscribers get.
 
         Without *last_event_id*, a channel this process already reads (it has
         subscribers here, or had some in the last :data:`_LINGER` seconds) costs no
@@ -445,7 +602,10 @@ class RedisBroker(Broker):
                 exc,
                 names,
             )
-            return self._register_unknown(names, missed=bool(last_event_id))
+            position = _entry_id(last_event_id)
+            if position is not None and not _plausible(position):
+                position = None
+            return self._register_unknown(names, after=position)
 
     def _subscribe_live(self, names: list[str]) -> Subscription:
         """Register for live events only, at once; read Redis for new channels only.
@@ -503,7 +663,11 @@ class RedisBroker(Broker):
                 for name in fresh:
                     started = self._starting.pop(name)
                     # Even if its subscribers left meanwhile: it lingers, then goes.
-                    self._cursors[name] = start.get(name, self._clock)
+                    if name in start:
+                        self._cursors[name] = start[name]
+                    else:
+                        self._cursors[name] = self._clock
+                        self._unproven.add(name)
                     started.set()
             if start:
                 self._seen(max(start.values()))
@@ -562,61 +726,82 @@ class RedisBroker(Broker):
     def _history_after(self, names: list[str], last_event_id: str) -> _Replay:
         """For each channel: the newest entry id read and the entries after the one
         *last_event_id* names, oldest first; and whether events may have been missed.
+
+        Nothing is missed only if one of the channels holds the entry named (by
+        its entry id, or by the id it was published with), and no channel trimmed
+        entries after it. Entries at or before a position are never replayed.
         """
-        wanted = last_event_id.encode()
-        position = (
-            _parse_id(last_event_id) if _ENTRY_ID.fullmatch(last_event_id) else None
-        )
+        position = _entry_id(last_event_id)
         scans = {
-            name: self._scan_back(self.key(name), wanted, position) for name in names
+            name: self._scan_back(self.key(name), last_event_id.encode(), position)
+            for name in names
         }
-        if position is None:
+        found = [scan.found for scan in scans.values() if scan.found is not None]
+        if found:
             # An explicit id names an entry of one channel; its entry id is the
             # position in the others (entry ids are times on one Redis clock).
-            found = [at for at, _ in scans.values() if at is not None]
-            position = max(found) if found else None
-        missed = position is None
+            position = max(found)
+        missed = not found or any(
+            self._trimmed(name, scan, position)
+            for name, scan in scans.items()
+            if position is not None
+        )
         replay: dict[str, tuple[EntryId, list[_Entry]]] = {}
-        for name, (at, entries) in scans.items():
+        for name, scan in scans.items():
+            entries = scan.entries
             if position is not None:
-                if at is None and self._trimmed_after(self.key(name), position):
-                    missed = True
                 entries = [entry for entry in entries if entry.id > position]
-            newest = entries[-1].id if entries else (position or _ORIGIN)
-            replay[name] = (max(newest, at or _ORIGIN), entries)
+            replay[name] = (scan.top, entries)
         return replay, missed
 
-    def _scan_back(
-        self, key: str, wanted: bytes, position: EntryId | None
-    ) -> tuple[EntryId | None, list[_Entry]]:
+    def _scan_back(self, key: str, wanted: bytes, position: EntryId | None) -> _Scan:
         """Read *key* newest first down to the entry *wanted* names (its explicit id)
-        or to *position*; return where it stopped (``None``: not found, the whole
-        stream was read) and the entries above it, oldest first.
-        """
+        or to *position*, or to the stream's start (see :class:`_Scan`)."""
         newer: list[_Entry] = []
+        top: EntryId | None = None
         upper: bytes | str = "+"
         page = 64  # a client resuming usually missed a few events: one round trip
         while True:
             batch = _raw(self._redis.xrevrange(key, max=upper, min="-", count=page))
             for raw_id, fields in batch:
                 entry_id = _parse_id(raw_id)
-                if fields.get(_ID) == wanted:
+                if top is None:
+                    top = entry_id
+                if fields.get(_ID) == wanted or (
+                    position is not None and entry_id <= position
+                ):
                     newer.reverse()
-                    return entry_id, newer
-                if position is not None and entry_id <= position:
-                    newer.reverse()
-                    return position, newer
+                    hit = fields.get(_ID) == wanted or entry_id == position
+                    return _Scan(top, entry_id if hit else None, newer, False, None)
                 wire = self._encode(raw_id, fields)
                 if wire is not None:
                     newer.append(_Entry(entry_id, wire))
             if len(batch) < page:
                 newer.reverse()
-                return None, newer
+                previous = batch[-1][1].get(_PREVIOUS) if batch else None
+                return _Scan(
+                    top or _ORIGIN,
+                    None,
+                    newer,
+                    True,
+                    _parse_id(previous) if previous is not None else None,
+                )
             upper = b"(" + batch[-1][0]
             page = min(page * 4, 1024)
 
+    def _trimmed(self, name: str, scan: _Scan, position: EntryId) -> bool:
+        """Whether *name*'s stream dropped entries newer than *position*."""
+        if not scan.reached_start:
+            return False  # it still holds an entry at or before the position
+        if scan.oldest_previous is not None:
+            # The oldest entry kept says which entry came before it: was that
+            # one newer than the position (and so lost)?
+            return scan.oldest_previous > position
+        return self._trimmed_after(self.key(name), position)
+
     def _trimmed_after(self, key: str, position: EntryId) -> bool:
-        """Whether *key* dropped entries newer than *position* (trimmed history).
+        """Whether *key* dropped entries newer than *position* (trimmed history),
+        for a stream whose oldest entry does not say what came before it.
 
         Trimming drops the oldest entries, so it did if entries were dropped at all
         and the oldest one kept is newer than *position*. (It errs towards "yes"
@@ -714,15 +899,21 @@ class RedisBroker(Broker):
         )
         return sub, added
 
-    def _register_unknown(self, names: list[str], *, missed: bool) -> Subscription:
-        """Register without reading Redis (it is down): new channels start at the
-        newest entry id this broker has seen, or at this host's clock."""
+    def _register_unknown(
+        self, names: list[str], *, after: EntryId | None
+    ) -> Subscription:
+        """Register a resume without reading Redis (it is down), with the gap event:
+        new channels start at the newest entry id this broker has seen, or at this
+        host's clock. Entries at or before *after* (the client's own position)
+        are not delivered to it: that read position may be older than the
+        client's."""
         self._await_started(names)
         with self._fanout.lock:
             for name in names:
                 if name not in self._cursors and name not in self._starting:
                     self._cursors[name] = self._clock
-            sub = self._fanout.subscribe(names, missed=missed)
+                    self._unproven.add(name)
+            sub = self._fanout.subscribe(names, missed=True, after=after)
         self._wake()
         return sub
 
@@ -806,7 +997,10 @@ class RedisBroker(Broker):
         """One XREAD over every channel read here, delivered in order.
 
         A channel read here has subscribers, or had some less than :data:`_LINGER`
-        seconds ago.
+        seconds ago. Before each batch of a channel is delivered, its first entry
+        proves that nothing between the cursor and it was trimmed; if it cannot,
+        the channel's subscribers get the gap event first (this process fell more
+        than the history behind).
         """
         self._changed.clear()  # before the snapshot: a later change is not lost
         now = time.monotonic()
@@ -820,9 +1014,11 @@ class RedisBroker(Broker):
                 left = self._idle_since.setdefault(name, now) + _LINGER - now
                 if left <= 0:
                     del self._cursors[name], self._idle_since[name]
+                    self._unproven.discard(name)
                 else:  # wake up when it is due to go
                     block_ms = min(block_ms, max(1, int(left * 1000) + 1))
             snapshot = dict(self._cursors)
+            unproven = self._unproven & snapshot.keys()
         for name in [name for name in self._idle_since if name not in snapshot]:
             del self._idle_since[name]  # started again, or gone with its cursor
         if not snapshot:
@@ -831,6 +1027,9 @@ class RedisBroker(Broker):
             self._changed.wait()
             return
         self._write_counts(frozenset(snapshot))
+        if self._lost_at is not None or now >= self._check_due:
+            self._check_store(snapshot, unproven)
+            self._check_due = now + self._stats_interval
         if self._lost_at is not None:  # that was the first command to succeed
             self._back(self._lost_at)
         by_key = {self.key(name).encode(): name for name in snapshot}
@@ -850,29 +1049,96 @@ class RedisBroker(Broker):
             self._blocking = False
         batch: list[tuple[EntryId, str, bytes]] = []
         last: dict[str, EntryId] = {}
+        broken: list[str] = []
         for raw_key, entries in reply:
             channel = by_key.get(raw_key)
             if channel is None:  # the wake-up key: consumed, so the next XREAD blocks
-                self._listen.delete(self._wake_key)
+                self._refusable(self._listen.delete, self._wake_key)
                 continue
+            if entries and channel not in unproven:
+                previous = entries[0][1].get(_PREVIOUS)
+                if previous is not None and _parse_id(previous) > snapshot[channel]:
+                    broken.append(channel)  # entries after the cursor were trimmed
             for raw_id, fields in entries:
                 entry_id = last[channel] = _parse_id(raw_id)
                 wire = self._encode(raw_id, fields)
                 if wire is not None:
                     batch.append((entry_id, channel, wire))
         batch.sort(key=lambda item: (item[0], item[1]))
+        if broken:
+            logger.warning(
+                "Redis listener fell more than the history behind on channels %s: "
+                "their subscribers get the gap event",
+                broken,
+            )
         with self._fanout.lock:
             # A channel whose cursor moved since the snapshot was dropped and
             # started again: the next XREAD reads it from its new cursor.
             current = {
                 name for name in last if self._cursors.get(name) == snapshot[name]
             }
+            for name in broken:
+                if name in current:
+                    self._fanout.notify([name], _gap(name, snapshot[name]))
             for name in current:
                 self._cursors[name] = last[name]
+                self._unproven.discard(name)
                 self._seen(last[name])
-            for _, name, wire in batch:
+            for entry_id, name, wire in batch:
                 if name in current:
-                    self._fanout.deliver(name, wire)
+                    self._fanout.deliver(name, wire, entry_id)
+
+    def _check_store(self, snapshot: dict[str, EntryId], unproven: set[str]) -> None:
+        """Tell the subscribers of every channel whose entries Redis lost.
+
+        Run after a lost connection and every ``stats_interval``. Redis lost
+        entries this process may not have delivered if its epoch token changed
+        (it restarted empty, or was flushed) or a stream's newest entry is older
+        than where the listener read up to (restored from an old snapshot, or a
+        replica that lacked them took over). Those channels get the gap event and
+        read on from what Redis holds now; *snapshot* is updated to match.
+        """
+        pipe = self._listen.pipeline(transaction=False)
+        pipe.set(self._epoch_key, uuid.uuid4().hex, nx=True)
+        pipe.get(self._epoch_key)
+        names = list(snapshot)
+        for name in names:
+            pipe.xrevrange(self.key(name), count=1)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[1:]:
+            if isinstance(reply, Exception):
+                raise reply
+        epoch = cast("bytes | None", replies[1])
+        restarted = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        moved: dict[str, EntryId] = {}
+        for name, found in zip(names, replies[2:], strict=True):
+            top = _parse_id(found[0][0]) if found else _ORIGIN
+            if name not in unproven and (restarted or top < snapshot[name]):
+                moved[name] = min(top, snapshot[name])
+        if not moved:
+            return
+        logger.warning(
+            "Redis at %s lost entries (%s): the subscribers of channels %s get the "
+            "gap event",
+            self._where,
+            "its data was replaced" if restarted else "streams went back",
+            sorted(moved),
+        )
+        with self._fanout.lock:
+            for name, cursor in moved.items():
+                if self._cursors.get(name) == snapshot[name]:
+                    self._fanout.notify([name], _gap(name, snapshot[name]))
+                    self._cursors[name] = snapshot[name] = cursor
+
+    def _refusable(self, command: Any, *args: Any) -> Any:
+        """Run a write of the listener's own bookkeeping; a refusal (out of memory,
+        read-only replica) is logged, not taken for a lost connection."""
+        try:
+            return command(*args)
+        except ResponseError as exc:
+            logger.warning("Redis at %s refused a write (%s)", self._where, exc)
+            return None
 
     def _write_counts(self, channels: frozenset[str]) -> None:
         """Put this process's subscribers per channel in Redis, if they are due.
@@ -895,7 +1161,7 @@ class RedisBroker(Broker):
         if counts:
             pipe.hset(self._stats_key, mapping=counts)  # type: ignore[arg-type]
             pipe.pexpire(self._stats_key, ttl_ms)
-        pipe.execute()
+        self._refusable(pipe.execute)  # refused: the counts go stale, events flow
         self._stats_channels = channels
         self._stats_due = now + self._stats_interval
 
