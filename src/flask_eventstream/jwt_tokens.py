@@ -14,11 +14,14 @@ channel the token does not grant gets 403, before any stream byte.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["JWTVerifier"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ class JWTVerifier:
         except jwt.ExpiredSignatureError:
             return 401, "the subscribe token has expired; get a new one"
         except jwt.InvalidTokenError:
+            return 401, "the subscribe token is invalid (not a JWT signed with our key)"
+        except Exception:
+            # A key that does not fit the token's algorithm (PyJWT's
+            # InvalidKeyError for an HS256 token checked with an RSA public key)
+            # or a crypto library's error: a token that fails to verify is refused.
+            logger.debug("subscribe token could not be verified", exc_info=True)
             return 401, "the subscribe token is invalid (not a JWT signed with our key)"
         granted = _granted(claims)
         for channel in channels:
