@@ -520,10 +520,7 @@ class RedisBroker(Broker):
                 sent = True
                 failure = exc.__cause__
                 connection.disconnect()
-            except _UNAVAILABLE as exc:  # failed while sending: not run
-                failure = exc
-                connection.disconnect()
-            except ResponseError as exc:
+            except ResponseError as exc:  # an answer: certainly not stored
                 refused: type[BrokerError] = (
                     BrokerUnavailable if isinstance(exc, ReadOnlyError) else BrokerError
                 )
@@ -531,6 +528,9 @@ class RedisBroker(Broker):
                     f"Redis at {self._where} refused the event for channel "
                     f"{channel!r}: {exc}"
                 ) from exc
+            except _UNAVAILABLE as exc:  # failed while sending: not run
+                failure = exc
+                connection.disconnect()
             finally:
                 pool.release(connection)
         if sent:
@@ -559,6 +559,8 @@ class RedisBroker(Broker):
                 return cast(bytes, connection.read_response())
             except NoScriptError:
                 continue  # certainly not run: send the script itself
+            except ResponseError:
+                raise  # an answer (out of memory, read-only): not run
             except _UNAVAILABLE as exc:
                 raise _Sent() from exc
         raise BrokerError("Redis did not take the publish script")
