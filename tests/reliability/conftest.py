@@ -7,26 +7,29 @@ Every wait is bounded; nothing here asserts how long something took.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from flask import Flask
 
 from flask_eventstream import GAP_EVENT, Event, EventStream
 from flask_eventstream.brokers import Broker, MemoryBroker
 
-from ..brokers.redis_server import RedisServer
+from ..brokers.redis_server import RedisServer, free_port
 from ..conftest import LiveServer, missing
-from ..helpers import StreamClient
+from ..helpers import StreamClient, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,3 +213,75 @@ def root_env(**extra: str) -> dict[str, str]:
         filter(None, [str(ROOT), env.get("PYTHONPATH")])
     )
     return env
+
+
+class GeventServer:
+    """gunicorn with one gevent worker serving ``tests/live_apps/servers_app.py``.
+
+    :param env: ``EVENTSTREAM_*`` settings for the app (broker URL, prefix, history).
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn",
+                "--config", "python:flask_eventstream.gunicorn",
+                "--bind", f"127.0.0.1:{self.port}",
+                "--workers", "1",
+                "--worker-class", "gevent",
+                "--graceful-timeout", "5",
+                "--log-level", "warning",
+                "tests.live_apps.servers_app:app",
+            ],
+            cwd=ROOT,
+            env=root_env(EVENTSTREAM_HEARTBEAT="0.5", **env),
+        )  # fmt: skip
+        wait_for(self._ready, timeout=30)
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.process.returncode}")
+        try:
+            self.count()
+        except OSError:
+            return False
+        return True
+
+    def count(self) -> int:
+        with urllib.request.urlopen(f"{self.url}/count", timeout=5) as response:
+            return int(response.read())
+
+    def worker_pid(self) -> int:
+        """The pid of the (one) worker process."""
+        (worker,) = psutil.Process(self.process.pid).children()
+        return int(worker.pid)
+
+    def stop(self) -> None:
+        for child in psutil.Process(self.process.pid).children():
+            child.send_signal(signal.SIGCONT)  # a test that failed mid-stop
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def gevent_server() -> Iterator[Callable[..., GeventServer]]:
+    """Starts gunicorn gevent servers of the live app; stops them at the end."""
+    for module in ("gunicorn", "gevent"):
+        if importlib.util.find_spec(module) is None:
+            missing(module)
+    started: list[GeventServer] = []
+
+    def start(**env: str) -> GeventServer:
+        server = GeventServer(env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
