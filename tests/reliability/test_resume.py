@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from flask_eventstream import MemoryBroker
+from flask_eventstream import Event, MemoryBroker
 
 from ..brokers.redis_server import RedisServer
 from ..helpers import StreamClient, wait_for
@@ -263,8 +263,6 @@ class TestMemoryResume:
         """An id of a previous MemoryBroker (a restarted process): GAP, the new
         broker's history, then live events."""
         before = MemoryBroker()
-        from flask_eventstream import Event
-
         old_id = before.publish("room", Event("old")).id
         before.close()
         app = memory_app()  # the process after the restart
