@@ -190,6 +190,23 @@ class TestUndecodableLastEventId:
         assert data_of(rest) == ["live"]
         assert_gaps_carry_no_id(bytes(client.raw))
 
+    @pytest.mark.parametrize(
+        "last_event_id", ["a\0b", "x" * 257], ids=["nul", "over-the-limit"]
+    )
+    def test_ids_no_browser_sends_stay_400(
+        self,
+        memory_app: Callable[..., App],
+        streams: Callable[..., StreamClient],
+        last_event_id: str,
+    ) -> None:
+        """NUL in the id, or more than EVENTSTREAM_MAX_LAST_EVENT_ID bytes: 400."""
+        app = memory_app()
+        client = streams(
+            f"{app.url}/stream?channel=cafe", headers={"Last-Event-ID": last_event_id}
+        )
+        assert client.status == 400
+        assert b"Last-Event-ID" in client.response.read()
+
 
 def _future_memory_id() -> str:
     """A number far above any id a memory broker started now hands out."""
