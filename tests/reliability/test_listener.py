@@ -40,9 +40,7 @@ def test_worker_stopped_past_the_history_gets_an_inline_gap(
     prefix: str,
     streams: Callable[..., StreamClient],
 ) -> None:
-    """A gevent worker SIGSTOPped while 300 events pass a history of 20: the open
-    stream gets GAP (with its channel) before the first event after the hole, then
-    increasing ids, no duplicate, and every event published after SIGCONT."""
+    """Stopped worker, 300 events past a history of 20: one inline GAP at the hole."""
     server = gevent_server(
         EVENTSTREAM_BROKER_URL=redis_server.url,
         EVENTSTREAM_REDIS_PREFIX=prefix,
@@ -100,8 +98,7 @@ def test_open_streams_get_one_gap_when_redis_restarts_empty(
     redis_server: RedisServer,
     streams: Callable[..., StreamClient],
 ) -> None:
-    """SIGKILL and restart without persistence: each open stream gets exactly one
-    GAP (with its channel) once the listener is back, then every live event."""
+    """Redis SIGKILLed and restarted empty: one GAP per open stream, then live."""
     app, back = reconnected
     clients = {
         "news": [streams(f"{app.url}/stream?channel=news") for _ in range(2)],
@@ -149,8 +146,7 @@ def test_refused_stats_write_does_not_pause_delivery(
     prefix: str,
     streams: Callable[..., StreamClient],
 ) -> None:
-    """Redis out of memory (maxmemory, noeviction) refuses the listener's counts
-    write; events stored meanwhile still arrive, all 20 within 3 s."""
+    """Counts write refused for OOM: 20 events stored meanwhile arrive within 3 s."""
     app = redis_app(stats_interval=0.1)
     client = streams(f"{app.url}/stream?channel=oom")
     wait_for(lambda: app.broker.subscriber_count("oom") == 1)

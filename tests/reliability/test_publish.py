@@ -34,9 +34,7 @@ def test_publish_left_without_reply_is_uncertain_and_its_key_delivers_once(
     streams: Callable[..., StreamClient],
     stall: float,
 ) -> None:
-    """Redis SIGSTOPped through a publish, past the 5 s socket timeout:
-    PublishUncertain with an idempotency_key; publishing again with that key gives
-    the stored id and the subscriber gets the event once."""
+    """Redis stalled past the socket timeout: PublishUncertain; its key sends once."""
     from flask_eventstream.exceptions import PublishUncertain  # new in issue 12
 
     app = redis_app()
@@ -79,8 +77,7 @@ def test_publish_again_with_the_same_key_stores_and_delivers_once(
     memory_app: Callable[..., App],
     streams: Callable[..., StreamClient],
 ) -> None:
-    """A key already stored on the channel: the stored event comes back (same id);
-    nothing is stored or delivered again, by events.publish or broker.publish."""
+    """A key already stored on the channel: same id back, nothing delivered again."""
     app = redis_app() if kind == "redis" else memory_app()
     client = streams(f"{app.url}/stream?channel=orders")
     wait_for(lambda: app.broker.subscriber_count("orders") == 1)
@@ -98,8 +95,7 @@ def test_publish_again_with_the_same_key_stores_and_delivers_once(
 def test_publish_to_a_dead_redis_is_unavailable_not_uncertain(
     redis_app: Callable[..., App], redis_server: RedisServer
 ) -> None:
-    """Redis killed (nothing listens): plain BrokerUnavailable, the event not
-    stored; publishing works again once Redis is back."""
+    """Redis killed: plain BrokerUnavailable (not stored); works again once back."""
     app = redis_app()
     app.publish("warm-up", "dead")
     redis_server.kill()

@@ -225,8 +225,7 @@ def test_redis_resume_is_ordered_and_never_loses_silently(
     on: tuple[str, ...],
     drawn: tuple[str, Any],
 ) -> None:
-    """Any interleaving on the Redis broker: increasing ids, above the position or
-    after the gap event, and no loss without it."""
+    """Redis broker: increasing ids above the position, or the gap; no silent loss."""
     prefix = f"prop-{uuid.uuid4().hex[:12]}:"
     options = {"key_prefix": prefix, "history": HISTORY}
     with (
@@ -253,8 +252,7 @@ def test_memory_resume_is_ordered_and_never_loses_silently(
     on: tuple[str, ...],
     drawn: tuple[str, Any],
 ) -> None:
-    """Any interleaving on the memory broker (a restart is a new MemoryBroker):
-    increasing ids, above the position or after the gap event, no silent loss."""
+    """Memory broker: increasing ids above the position, or the gap; no silent loss."""
     broker = MemoryBroker(history=HISTORY)
     run = Run(broker, broker)
     try:

@@ -30,9 +30,8 @@ from .conftest import (
     stopped,
 )
 
-pytestmark = pytest.mark.redis
 
-
+@pytest.mark.redis
 class TestRedisResume:
     def test_out_of_range_id_freezes_no_channel_of_the_worker(
         self,
@@ -41,8 +40,7 @@ class TestRedisResume:
         prefix: str,
         streams: Callable[..., StreamClient],
     ) -> None:
-        """`99999999999999999999-0` gets GAP, the history, then live events; the
-        worker's other channels keep every event."""
+        """`99999999999999999999-0`: GAP, history, live; other channels get all."""
         app = redis_app()
         room = streams(f"{app.url}/stream?channel=room")
         wait_for(lambda: app.broker.subscriber_count("room") == 1)
@@ -77,8 +75,7 @@ class TestRedisResume:
         prefix: str,
         streams: Callable[..., StreamClient],
     ) -> None:
-        """The first subscriber of a channel resuming from `9999999999999-0` gets GAP
-        then live events; later subscribers get all 60 events."""
+        """First subscriber at `9999999999999-0`: GAP then live; later ones get all."""
         app = redis_app()
         publish_from_process(redis_server.url, prefix, "room2", "before", 3)
         future_id = "9999999999999-0"
@@ -107,8 +104,7 @@ class TestRedisResume:
         prefix: str,
         streams: Callable[..., StreamClient],
     ) -> None:
-        """Redis restarted empty: resuming from an id of the old store gets GAP, then
-        what was published since the restart, then live events."""
+        """Redis restarted empty: an old id gets GAP, what came since, then live."""
         app = redis_app()
         old = publish_from_process(redis_server.url, prefix, "news", "old", 3)
         redis_server.kill()
@@ -137,8 +133,7 @@ class TestRedisResume:
         prefix: str,
         streams: Callable[..., StreamClient],
     ) -> None:
-        """Redis SIGSTOPped through a resume: no id at or below Last-Event-ID, no
-        duplicate, ids increase (a GAP is allowed); live events arrive after."""
+        """Redis stalled through a resume: only increasing ids above the position."""
         app = redis_app()  # its broker has seen no entry of "stall" yet
         ids = publish_from_process(redis_server.url, prefix, "stall", "old", 10)
         position = ids[4]
@@ -225,8 +220,7 @@ class TestMemoryResume:
         streams: Callable[..., StreamClient],
         last_event_id: str,
     ) -> None:
-        """GAP, then at most the retained history (in order), then every live event;
-        the other subscribers get every event."""
+        """GAP, at most the history, then live; other subscribers get every event."""
         app = memory_app()
         retained = [app.publish(f"kept {n}", "room").data for n in range(3)]
         other = streams(f"{app.url}/stream?channel=room")
@@ -277,8 +271,7 @@ class TestMemoryResume:
     def test_id_from_before_a_restart_gets_gap_then_the_history(
         self, memory_app: Callable[..., App], streams: Callable[..., StreamClient]
     ) -> None:
-        """An id of a previous MemoryBroker (a restarted process): GAP, the new
-        broker's history, then live events."""
+        """An id of a previous MemoryBroker: GAP, the new history, then live."""
         before = MemoryBroker()
         old_id = before.publish("room", Event("old")).id
         before.close()
