@@ -126,12 +126,19 @@ class TestRedisResume:
             (live.id, "live"),
         ]
 
+    @pytest.mark.slow
+    @pytest.mark.parametrize(
+        "stall",
+        [7.0, None],
+        ids=["back-before-the-retry-times-out", "through-the-whole-resume"],
+    )
     def test_resume_while_redis_stalls_never_replays_at_or_below_the_position(
         self,
         redis_app: Callable[..., App],
         redis_server: RedisServer,
         prefix: str,
         streams: Callable[..., StreamClient],
+        stall: float | None,
     ) -> None:
         """Redis stalled through a resume: only increasing ids above the position."""
         app = redis_app()  # its broker has seen no entry of "stall" yet
@@ -152,8 +159,10 @@ class TestRedisResume:
         with stopped(redis_server.process.pid):
             resuming = threading.Thread(target=resume, daemon=True)
             resuming.start()
-            # Stalled through the whole resume (both 5 s timeouts), or 12 s at most.
-            resuming.join(timeout=12)
+            if stall is None:  # until the stream opens (5 s timeout, retried): 12 s
+                resuming.join(timeout=12)
+            else:  # past the first 5 s timeout, not the retry's
+                time.sleep(stall)
         resuming.join(timeout=30)
         (client,) = opened
         assert client.status == 200
