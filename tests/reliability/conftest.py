@@ -1,4 +1,4 @@
-"""Fixtures for the reliability suite: real faults, exact outcomes (issue 12).
+"""Fixtures for the reliability suite: real faults, exact outcomes.
 
 Each test gets a ``redis-server`` of its own (it may stop, kill, restart or
 reconfigure it), apps served over real HTTP, and publishers in other processes.

@@ -1,4 +1,4 @@
-"""JWT verification errors are refusals, never server errors (contract item 7)."""
+"""JWT verification errors are refusals, never server errors (docs/security.md)."""
 
 from __future__ import annotations
 

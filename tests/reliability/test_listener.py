@@ -1,4 +1,4 @@
-"""The per-worker listener under faults (contract items 2, 3, 6).
+"""The per-worker listener under faults (docs/redis.md, "Guarantees").
 
 A listener that fell behind past the history, or whose Redis came back empty,
 tells every open stream with one inline gap event and goes on live; a write

@@ -1,4 +1,4 @@
-"""Replay holds its promise for any history (contract items 1, 5, 8).
+"""Replay holds its promise for any history (docs/redis.md, "Guarantees").
 
 Hypothesis draws an interleaving of publishes on two channels, trims (a history of
 3, and small Redis stream nodes so that ``MAXLEN ~`` really trims), restarts (a new

@@ -1,4 +1,4 @@
-"""Resuming with a Last-Event-ID the store cannot place (contract items 1, 5, 8).
+"""Resuming with a Last-Event-ID the store cannot place (docs/redis.md, "Guarantees").
 
 A hostile, future, undecodable or forgotten id gets the gap event first, then the
 retained events after it (or the retained history, for an id that is not an entry
