@@ -214,3 +214,29 @@ def test_a_failover_under_load_loses_nothing_silently(
         publishing.close()
         for broker in listening:
             broker.close()
+
+
+def test_counts_and_connections_through_sentinel(
+    sentinel_setup: SentinelSetup,
+) -> None:
+    """Through Sentinel as on one Redis: events flow, subscriber counts add up
+    across processes' brokers, and each broker holds at most 3 connections to
+    the primary however many subscriptions it serves."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    brokers = [_broker(sentinel_setup, prefix) for _ in range(2)]
+    try:
+        readers = [Reader(broker.subscribe(["a"])) for broker in brokers]
+        readers += [Reader(brokers[0].subscribe(["b"])) for _ in range(50)]
+        sent = brokers[1].publish("a", Event("hello"))
+        for reader in readers[:2]:
+            assert [e.id for e in reader.read(1)] == [sent.id]
+        deadline = time.monotonic() + 10
+        while brokers[0].cluster_subscriber_counts() != {"a": 2, "b": 50}:
+            assert time.monotonic() < deadline, brokers[0].cluster_subscriber_counts()
+            time.sleep(0.1)
+        primary = sentinel_setup.server_on(sentinel_setup.sentinels.primary_port_now())
+        for broker in brokers:
+            assert 1 <= len(primary.clients(broker.client_name)) <= 3
+    finally:
+        for broker in brokers:
+            broker.close()
