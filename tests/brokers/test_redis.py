@@ -411,7 +411,8 @@ class TestPublishRetry:
         # of a stored attempt sends.
         tokens = iter(["attempt-a", "attempt-b", "attempt-a", "attempt-c"])
         monkeypatch.setattr(
-            "flask_eventstream.brokers.redis.secrets.token_hex", lambda n: next(tokens)
+            "flask_eventstream.brokers.redis._publish.secrets.token_hex",
+            lambda n: next(tokens),
         )
         first = broker.publish("r", Event("once"))
         broker.publish("r", Event("other"))  # another publisher in between

@@ -20,8 +20,8 @@ import pytest
 
 from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event
 from flask_eventstream.brokers import from_url
-from flask_eventstream.brokers._redis_pools import make_pools
 from flask_eventstream.brokers.redis import RedisBroker
+from flask_eventstream.brokers.redis._pools import make_pools
 
 from .reading import Reader
 from .sentinel import SERVICE, SentinelSetup

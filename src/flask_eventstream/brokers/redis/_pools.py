@@ -33,10 +33,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import BlockingConnectionPool, ConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-__all__ = ["Pools", "make_pools"]
+#: Errors that mean "Redis cannot be reached or cannot take writes right now".
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 _SENTINEL_PORT = 26379
 _PLAIN = {"redis": "redis", "rediss": "rediss", "unix": "unix"}

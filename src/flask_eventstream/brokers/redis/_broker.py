@@ -1,98 +1,52 @@
-"""The Redis broker: events shared by every worker process and machine through Redis.
+"""The Redis broker: where this process reads each channel, and the listener.
 
-Works with Redis 6.2+ and Valkey (the same protocol). Selected by
-``EVENTSTREAM_BROKER_URL = "redis://host:6379/0"`` (also ``rediss://``, ``unix://``,
-``valkey://``, ``valkeys://``, and ``redis+sentinel://`` to follow a primary across
-Sentinel failovers); needs ``pip install flask-eventstream[redis]``.
-
-How it works:
-
-- Each channel is one Redis Stream, ``<prefix>{<channel>}``. :meth:`RedisBroker.publish`
-  appends with ``XADD ... MAXLEN ~ history`` (in a script, :data:`_XADD`), so Redis
-  memory stays bounded. The event id is the stream entry id (``1718000000000-0``),
-  unique and increasing across processes and channels (``<prefix>last-id`` holds
-  the newest); an id given to ``publish`` is stored in the entry and sent instead.
-- Per process, one listener thread (a greenlet under gevent) runs ``XREAD BLOCK`` on
-  the streams of every channel that has subscribers here, and hands each entry to the
-  local :class:`~.base.Fanout`. Publishing and replay share a pool of two connections
-  (a caller waits for a free one rather than fail). So a process holds at most three
-  Redis connections, however many browsers it serves.
-- A subscription without ``Last-Event-ID`` to a channel the listener already reads
-  here (it has subscribers here, or had some in the last :data:`_LINGER` seconds)
-  needs no Redis at all: it joins the listener's cursor. Only a channel new to
-  this process costs a round trip (its newest entry id), made once however many
-  subscriptions arrive for it meanwhile (they wait for it); the listener is woken
-  through Redis only if it is blocked in ``XREAD``.
-- The listener keeps, per channel, the id of the last entry it delivered (its
-  *cursor*). After a lost connection it reconnects with exponential backoff and
-  jitter and resumes ``XREAD`` from the cursors: nothing Redis accepted is lost.
-- Replay reads the stream backwards from the newest entry to the one the client
-  named, then registers the subscription with exactly the entries up to the
-  listener's cursor; the listener delivers the rest. No gap, no duplicate.
-- The listener also writes this process's subscriber counts per channel into a hash,
-  ``<prefix>stats:<broker>``, that expires unless it is refreshed (every
-  ``stats_interval`` seconds, and whenever the set of channels changes), so
-  :meth:`RedisBroker.cluster_subscriber_counts` can add up every live process. A
-  process with no subscriber, or closed, has no hash.
-
-Divergences from the memory broker, on purpose:
-
-- Resuming from an id no longer kept flags ``missed`` also when the id was exactly
-  the last entry trimmed (Redis does not say which one that was).
-- With ``MAXLEN ~`` Redis trims whole nodes, so *at least* ``history`` events are
-  kept per channel, sometimes more. ``history`` must be at least 1: the stream is
-  also how events travel.
-- A client that subscribes while Redis is down gets its stream (with the
-  ``eventstream-gap`` event if it asked to resume) and live events once Redis is back.
+Ownership: ``publish`` and replay run in the caller's thread on the shared pool
+(:mod:`._publish`, :mod:`._history`); the listener thread (a greenlet under
+gevent) owns its connection, the counts it wrote, the store's epoch and run id,
+and the record of a lost connection; the fan-out and the read positions (the
+channel cursors, the channels being started, the unproven ones) are guarded by
+the fan-out's lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import re
-import secrets
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from redis import Redis
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    NoScriptError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import RedisError, ResponseError
 
-from ..event import Event
-from ..exceptions import (
-    BrokerError,
-    BrokerUnavailable,
-    InvalidEvent,
-    PublishUncertain,
+from ...event import Event
+from ...signals import broker_reconnected
+from ..base import Broker, Fanout, Subscription
+from ._entries import (
+    ORIGIN,
+    PREVIOUS,
+    Entry,
+    EntryId,
+    RawEntry,
+    client_id,
+    encode,
+    format_id,
+    gap,
+    parse_id,
+    plausible,
+    raw,
 )
-from ..signals import broker_reconnected
-from ._redis_pools import make_pools
-from .base import GAP_EVENT, Broker, Fanout, Subscription
-
-__all__ = ["RedisBroker"]
+from ._history import History, Replay
+from ._pools import UNAVAILABLE, make_pools
+from ._publish import Publisher
+from ._stats import cluster_counts, stats_key
 
 logger = logging.getLogger(__name__)
-
-#: Errors that mean "Redis cannot be reached or cannot take writes right now".
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 #: How long one XREAD blocks (at most; see ``stats_interval``). New channels wake
 #: it at once.
@@ -121,121 +75,6 @@ _START_WAIT = _POOL_WAIT + 4 * _TIMEOUT
 #: Connections for publish and replay (the listener has its own).
 _POOL_SIZE = 2
 
-_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-#: The largest part of a stream entry id Redis can hold (an unsigned 64-bit number).
-_ID_PART_MAX = 2**64 - 1
-
-# Fields of a stream entry: data, event type, explicit id, retry, publish token, and
-# the id of the entry that was the stream's newest when this one was added
-# (``0-0``: the stream was empty), which lets a reader prove it missed nothing.
-_DATA, _TYPE, _ID, _RETRY, _TOKEN, _PREVIOUS = b"d", b"e", b"i", b"r", b"t", b"p"
-#: How many of a stream's newest entries a publish looks through for its own token.
-_DEDUPE_WINDOW = 64
-#: Seconds Redis remembers an ``idempotency_key`` given to ``publish``.
-_KEY_TTL = 3600
-
-#: XADD with an id unique across all channels, not only within one stream: the
-#: Redis clock in ms and a sequence number, both taken from the last id given out
-#: (KEYS[2]) so they never go back. Then a multi-channel stream resumed from one
-#: channel's id cannot skip another channel's entry that got the same id. An id
-#: refused (a stream written by something else) falls back to the stream's own.
-#: A publish is retried once when its connection breaks; if the first attempt was
-#: stored and only the reply was lost, the retry finds the attempt's random token
-#: (field ``t``) among the newest entries and returns that entry's id instead of
-#: storing the event twice. An app's own idempotency key (ARGV[4] is "1") is also
-#: kept under KEYS[3] for an hour, with the entry id, so a retry much later finds it.
-#: Each entry records the stream's newest id before it (field ``p``).
-#: KEYS: stream, last-id key, idempotency key;
-#: ARGV: maxlen, token, dedupe window, keyed, key ttl, field, value, ...
-_XADD = """
-if redis.replicate_commands then redis.replicate_commands() end
-if ARGV[4] == '1' then
-    local known = redis.call('GET', KEYS[3])
-    if known then return known end
-end
-local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
-for _, entry in ipairs(recent) do
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-        if fields[i] == 't' and fields[i + 1] == ARGV[2] then
-            return entry[1]
-        end
-    end
-end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local seq = 0
-local last = redis.call('GET', KEYS[2])
-if last then
-    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
-    if last_ms and ms <= tonumber(last_ms) then
-        ms = tonumber(last_ms)
-        seq = tonumber(last_seq) + 1
-    end
-end
-local id = string.format('%.0f-%.0f', ms, seq)
-local previous = '0-0'
-if recent[1] then previous = recent[1][1] end
-local added = redis.pcall(
-    'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'p', previous, unpack(ARGV, 6))
-if type(added) == 'table' and added.err then
-    added = redis.call(
-        'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous, unpack(ARGV, 6))
-end
-redis.call('SET', KEYS[2], added)
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], added, 'EX', ARGV[5]) end
-return added
-"""
-
-#: A stream entry id as (milliseconds, sequence), so that ids compare correctly.
-EntryId = tuple[int, int]
-_ORIGIN: EntryId = (0, 0)
-
-
-#: A stream entry as redis-py returns it (``decode_responses=False``).
-_RawEntry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _raw(reply: Any) -> list[_RawEntry]:
-    """The entries of an XRANGE/XREVRANGE reply (redis-py types it loosely)."""
-    return cast("list[_RawEntry]", reply or [])
-
-
-class _Entry(NamedTuple):
-    id: EntryId
-    wire: bytes
-
-
-class _Scan(NamedTuple):
-    """One channel's stream read backwards for a resume (see ``_scan_back``)."""
-
-    #: The newest entry's id (the origin if the stream is empty).
-    top: EntryId
-    #: The id of the entry the client named, if this stream has it.
-    found: EntryId | None
-    #: The entries after where the scan stopped, oldest first.
-    entries: list[_Entry]
-    #: Whether the scan reached the stream's oldest entry without stopping, and
-    #: the ``p`` field of that entry (``None``: none, or it has no such field).
-    reached_start: bool
-    oldest_previous: EntryId | None
-
-
-def _gap(channel: str, cursor: EntryId) -> bytes:
-    """The gap event for the subscribers of *channel* when this process cannot
-    prove it delivered every entry after *cursor*, the last one it delivered."""
-    note = {"channel": channel, "last_event_id": _format_id(cursor)}
-    return Event(json.dumps(note), event=GAP_EVENT).encode()
-
-
-#: What a history read gives: per channel the newest entry id read and the entries
-#: to replay (oldest first); and whether events may have been missed.
-_Replay = tuple[dict[str, tuple[EntryId, list[_Entry]]], bool]
-
-
-class _Sent(Exception):
-    """A publish command was written to Redis, then its reply failed."""
-
 
 class _Read:
     """One history read in flight, shared by the subscriptions that wait for it."""
@@ -244,44 +83,7 @@ class _Read:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.result: _Replay | None = None
-
-
-def _parse_id(raw: bytes | str) -> EntryId:
-    """An entry id that Redis gave (so well formed) as a comparable pair."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _entry_id(text: str) -> EntryId | None:
-    """*text* as a stream entry id, if it is one Redis could hold; else ``None``.
-
-    A client's ``Last-Event-ID`` goes through this: a value beyond what a stream
-    id holds (such as ``99999999999999999999-0``) is no position at all.
-    """
-    match = _ENTRY_ID.fullmatch(text)
-    if match is None:
-        return None
-    ms, seq = int(match[1]), int(match[2])
-    if ms > _ID_PART_MAX or seq > _ID_PART_MAX:
-        return None
-    return ms, seq
-
-
-def _plausible(position: EntryId) -> bool:
-    """Whether *position* could be an id given out by now: no more than a minute
-    ahead of this host's clock (ids are Redis' clock in ms)."""
-    return position[0] <= time.time_ns() // 1_000_000 + 60_000
-
-
-def _format_id(entry_id: EntryId) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
-
-
-def _glob_escape(text: str) -> str:
-    """*text* as a literal in a Redis ``SCAN MATCH`` pattern."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+        self.result: Replay | None = None
 
 
 class RedisBroker(Broker):
@@ -325,7 +127,6 @@ class RedisBroker(Broker):
             )
         if not stats_interval > 0:
             raise ValueError(f"stats_interval must be above 0, got {stats_interval}")
-        self._history = history
         self._prefix = key_prefix
         token = uuid.uuid4().hex
         #: ``CLIENT SETNAME`` of this broker's connections: host, pid, broker.
@@ -356,7 +157,7 @@ class RedisBroker(Broker):
         # This process's subscriber counts (see cluster_subscriber_counts). Owned
         # by the listener: when they are due again, and the channels they were
         # written for (None: nothing in Redis).
-        self._stats_key = f"{key_prefix}stats:{token}"
+        self._stats_key = stats_key(key_prefix, token)
         self._stats_interval = stats_interval
         self._stats_due = 0.0
         self._stats_channels: frozenset[str] | None = None
@@ -396,10 +197,17 @@ class RedisBroker(Broker):
         # is down starts. Written by any thread; a stale value only costs events
         # that came just before the subscription.
         self._clock: EntryId = (time.time_ns() // 1_000_000, 0)
-        # The newest entry id given out, by any process: keeps ids unique across
-        # channels (see _XADD).
-        self._last_id_key = f"{key_prefix}last-id"
-        self._xadd = self._redis.register_script(_XADD)
+        # The newest entry id given out, by any process, keeps ids unique across
+        # channels (see the publish script).
+        self._publisher = Publisher(
+            self._redis,
+            self._pool,
+            key=self.key,
+            last_id_key=f"{key_prefix}last-id",
+            history=history,
+            where=self._where,
+        )
+        self._reader = History(self._redis, key=self.key, history=history)
         # Written by a subscriber that adds a channel, so a blocked XREAD returns.
         self._wake_key = f"{key_prefix}listener:{token}"
         self._changed = threading.Event()
@@ -440,8 +248,6 @@ class RedisBroker(Broker):
         """
         return f"{self._prefix}{{{channel}}}"
 
-    # Publishing
-
     def publish(
         self, channel: str, event: Event, *, idempotency_key: str | None = None
     ) -> Event:
@@ -459,97 +265,11 @@ class RedisBroker(Broker):
         :raises BrokerError: Redis refused the write for another reason (out of
             memory, say); the event was not stored.
         """
-        fields: list[bytes | str] = [_DATA, event.data.encode()]
-        if event.event is not None:
-            fields += [_TYPE, event.event]
-        if event.id is not None:
-            fields += [_ID, event.id]
-        if event.retry is not None:
-            fields += [_RETRY, str(event.retry)]
-        token = idempotency_key or secrets.token_hex(8)
-        fields += [_TOKEN, token]
-        keyed = idempotency_key is not None
-        idempotency = f"{self.key(channel)}:key:{token}" if keyed else self.key(channel)
-        keys = [self.key(channel), self._last_id_key, idempotency]
-        args = [self._history, token, _DEDUPE_WINDOW, int(keyed), _KEY_TTL, *fields]
-        raw = self._store(channel, token, keys, args)
-        self._seen(_parse_id(raw))
+        raw = self._publisher.store(channel, event, idempotency_key=idempotency_key)
+        self._seen(parse_id(raw))
         if event.id is None:
             event = replace(event, id=raw.decode())
         return event
-
-    def _store(
-        self, channel: str, token: str, keys: list[str], args: list[Any]
-    ) -> bytes:
-        """Run the publish script; the new (or already stored) entry's id.
-
-        Two attempts, the second on a fresh connection: a pooled connection may
-        be dead (Redis restarted), and the token makes a second run of a stored
-        attempt return the first one's entry. What is raised says whether the
-        command may have run: only a failure before any attempt was sent is
-        "not stored".
-        """
-        pool: Any = self._pool  # redis-py leaves these methods untyped
-        sent = False
-        failure: BaseException | None = None
-        for _ in range(2):
-            try:
-                connection = pool.get_connection()
-            except _UNAVAILABLE as exc:
-                failure = exc
-                break  # cannot connect: no second attempt will either
-            try:
-                return self._run_script(connection, keys, args)
-            except _Sent as exc:
-                sent = True
-                failure = exc.__cause__
-                connection.disconnect()
-            except ResponseError as exc:  # an answer: certainly not stored
-                refused: type[BrokerError] = (
-                    BrokerUnavailable if isinstance(exc, ReadOnlyError) else BrokerError
-                )
-                raise refused(
-                    f"Redis at {self._where} refused the event for channel "
-                    f"{channel!r}: {exc}"
-                ) from exc
-            except _UNAVAILABLE as exc:  # failed while sending: not run
-                failure = exc
-                connection.disconnect()
-            finally:
-                pool.release(connection)
-        if sent:
-            raise PublishUncertain(
-                f"Redis at {self._where} did not answer in time ({failure}); the "
-                f"event for channel {channel!r} may or may not have been stored: "
-                "retry with this exception's idempotency_key",
-                channel=channel,
-                idempotency_key=token,
-            ) from failure
-        raise BrokerUnavailable(
-            f"Redis at {self._where} is unavailable ({failure}); the event for "
-            f"channel {channel!r} was not published"
-        ) from failure
-
-    def _run_script(self, connection: Any, keys: list[str], args: list[Any]) -> bytes:
-        """EVALSHA the publish script on *connection* (EVAL if Redis lacks it).
-
-        :raises _Sent: the command was written and then the reply failed (from
-            the Redis error as ``__cause__``).
-        """
-        script = self._xadd
-        for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
-            connection.send_command(command, body, len(keys), *keys, *args)
-            try:
-                return cast(bytes, connection.read_response())
-            except NoScriptError:
-                continue  # certainly not run: send the script itself
-            except ResponseError:
-                raise  # an answer (out of memory, read-only): not run
-            except _UNAVAILABLE as exc:
-                raise _Sent() from exc
-        raise BrokerError("Redis did not take the publish script")
-
-    # Subscribing
 
     def subscribe(
         self, channels: Sequence[str], *, last_event_id: str | None = None
@@ -580,7 +300,7 @@ class RedisBroker(Broker):
         try:
             replay, missed = self._shared_history(names, last_event_id)
             return self._register(names, replay, missed)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             logger.warning(
                 "Redis at %s is unavailable (%s): channels %s get live events only "
                 "once it is back",
@@ -588,8 +308,8 @@ class RedisBroker(Broker):
                 exc,
                 names,
             )
-            position = _entry_id(last_event_id)
-            if position is not None and not _plausible(position):
+            position = client_id(last_event_id)
+            if position is not None and not plausible(position):
                 position = None
             return self._register_unknown(names, after=position)
 
@@ -635,7 +355,9 @@ class RedisBroker(Broker):
         """Read where the new channels start, and let the listener read them."""
         start: dict[str, EntryId] = {}
         try:
-            start = {name: upto for name, (upto, _) in self._newest(fresh).items()}
+            start = {
+                name: upto for name, (upto, _) in self._reader.newest(fresh).items()
+            }
         except RedisError as exc:  # unavailable, or a key that is not a stream
             logger.warning(
                 "Redis at %s is unavailable (%s): channels %s get live events only "
@@ -669,7 +391,7 @@ class RedisBroker(Broker):
             for started in waits:
                 started.wait(_START_WAIT)
 
-    def _shared_history(self, names: list[str], last_event_id: str) -> _Replay:
+    def _shared_history(self, names: list[str], last_event_id: str) -> Replay:
         """:meth:`_history_after`, read once for every subscription that asks for
         the same channels and id while it is being read.
 
@@ -686,7 +408,7 @@ class RedisBroker(Broker):
                 read = self._reads[key] = _Read()
         if leader:
             try:
-                read.result = self._history_after(names, last_event_id)
+                read.result = self._reader.after(names, last_event_id)
             finally:
                 with self._reads_lock:
                     del self._reads[key]
@@ -694,122 +416,14 @@ class RedisBroker(Broker):
         else:
             read.done.wait(_START_WAIT)
         # The leader failed (Redis is down: this fails too) or took too long.
-        replay, missed = read.result or self._history_after(names, last_event_id)
+        replay, missed = read.result or self._reader.after(names, last_event_id)
         copies = {name: (upto, list(found)) for name, (upto, found) in replay.items()}
         return copies, missed
-
-    def _newest(self, names: list[str]) -> dict[str, tuple[EntryId, list[_Entry]]]:
-        """For each channel: the id of its newest entry, and no backlog."""
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.xrevrange(self.key(name), count=1)
-        newest = pipe.execute()
-        return {
-            name: (_parse_id(found[0][0]) if found else _ORIGIN, [])
-            for name, found in zip(names, newest, strict=True)
-        }
-
-    def _history_after(self, names: list[str], last_event_id: str) -> _Replay:
-        """For each channel: the newest entry id read and the entries after the one
-        *last_event_id* names, oldest first; and whether events may have been missed.
-
-        Nothing is missed only if one of the channels holds the entry named (by
-        its entry id, or by the id it was published with), and no channel trimmed
-        entries after it. Entries at or before a position are never replayed.
-        """
-        position = _entry_id(last_event_id)
-        scans = {
-            name: self._scan_back(self.key(name), last_event_id.encode(), position)
-            for name in names
-        }
-        found = [scan.found for scan in scans.values() if scan.found is not None]
-        if found:
-            # An explicit id names an entry of one channel; its entry id is the
-            # position in the others (entry ids are times on one Redis clock).
-            position = max(found)
-        missed = not found or any(
-            self._trimmed(name, scan, position)
-            for name, scan in scans.items()
-            if position is not None
-        )
-        replay: dict[str, tuple[EntryId, list[_Entry]]] = {}
-        for name, scan in scans.items():
-            entries = scan.entries
-            if position is not None:
-                entries = [entry for entry in entries if entry.id > position]
-            replay[name] = (scan.top, entries)
-        return replay, missed
-
-    def _scan_back(self, key: str, wanted: bytes, position: EntryId | None) -> _Scan:
-        """Read *key* newest first down to the entry *wanted* names (its explicit id)
-        or to *position*, or to the stream's start (see :class:`_Scan`)."""
-        newer: list[_Entry] = []
-        top: EntryId | None = None
-        upper: bytes | str = "+"
-        page = 64  # a client resuming usually missed a few events: one round trip
-        while True:
-            batch = _raw(self._redis.xrevrange(key, max=upper, min="-", count=page))
-            for raw_id, fields in batch:
-                entry_id = _parse_id(raw_id)
-                if top is None:
-                    top = entry_id
-                if fields.get(_ID) == wanted or (
-                    position is not None and entry_id <= position
-                ):
-                    newer.reverse()
-                    hit = fields.get(_ID) == wanted or entry_id == position
-                    return _Scan(top, entry_id if hit else None, newer, False, None)
-                wire = self._encode(raw_id, fields)
-                if wire is not None:
-                    newer.append(_Entry(entry_id, wire))
-            if len(batch) < page:
-                newer.reverse()
-                previous = batch[-1][1].get(_PREVIOUS) if batch else None
-                return _Scan(
-                    top or _ORIGIN,
-                    None,
-                    newer,
-                    True,
-                    _parse_id(previous) if previous is not None else None,
-                )
-            upper = b"(" + batch[-1][0]
-            page = min(page * 4, 1024)
-
-    def _trimmed(self, name: str, scan: _Scan, position: EntryId) -> bool:
-        """Whether *name*'s stream dropped entries newer than *position*."""
-        if not scan.reached_start:
-            return False  # it still holds an entry at or before the position
-        if scan.oldest_previous is not None:
-            # The oldest entry kept says which entry came before it: was that
-            # one newer than the position (and so lost)?
-            return scan.oldest_previous > position
-        return self._trimmed_after(self.key(name), position)
-
-    def _trimmed_after(self, key: str, position: EntryId) -> bool:
-        """Whether *key* dropped entries newer than *position* (trimmed history),
-        for a stream whose oldest entry does not say what came before it.
-
-        Trimming drops the oldest entries, so it did if entries were dropped at all
-        and the oldest one kept is newer than *position*. (It errs towards "yes"
-        when *position* is exactly the last entry dropped.)
-        """
-        try:
-            info = self._redis.xinfo_stream(key)
-        except ResponseError:  # no such key: nothing was ever dropped from it
-            return False
-        first = info.get("first-entry")
-        if not first or _parse_id(first[0]) <= position:
-            return False
-        added = info.get("entries-added")
-        if added is not None:  # Redis 7+
-            return int(added) > int(info.get("length", 0))
-        # Redis 6.2: MAXLEN only trims a stream that reached its length.
-        return int(info.get("length", 0)) >= self._history
 
     def _register(
         self,
         names: list[str],
-        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        replay: dict[str, tuple[EntryId, list[Entry]]],
         missed: bool,
     ) -> Subscription:
         """Register the subscription with its backlog, joined to the listener's cursors.
@@ -844,30 +458,30 @@ class RedisBroker(Broker):
 
     def _catch_up(
         self,
-        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        replay: dict[str, tuple[EntryId, list[Entry]]],
         behind: dict[str, EntryId],
     ) -> None:
         for name, cursor in behind.items():
             upto, entries = replay[name]
-            batch = _raw(
+            batch = raw(
                 self._redis.xrange(
-                    self.key(name), min=f"({_format_id(upto)}", max=_format_id(cursor)
+                    self.key(name), min=f"({format_id(upto)}", max=format_id(cursor)
                 )
             )
             for raw_id, fields in batch:
-                wire = self._encode(raw_id, fields)
+                wire = encode(raw_id, fields)
                 if wire is not None:
-                    entries.append(_Entry(_parse_id(raw_id), wire))
+                    entries.append(Entry(parse_id(raw_id), wire))
             replay[name] = (cursor, entries)
 
     def _register_locked(
         self,
         names: list[str],
-        replay: dict[str, tuple[EntryId, list[_Entry]]],
+        replay: dict[str, tuple[EntryId, list[Entry]]],
         missed: bool,
         read: set[str],
     ) -> tuple[Subscription, bool]:
-        backlog: list[_Entry] = []
+        backlog: list[Entry] = []
         added = False
         for name in names:
             upto, entries = replay[name]
@@ -879,7 +493,7 @@ class RedisBroker(Broker):
                 backlog.extend(entries)
                 added = True
         backlog.sort()
-        self._seen(max((upto for upto, _ in replay.values()), default=_ORIGIN))
+        self._seen(max((upto for upto, _ in replay.values()), default=ORIGIN))
         sub = self._fanout.subscribe(
             names, (entry.wire for entry in backlog), missed=missed
         )
@@ -914,26 +528,7 @@ class RedisBroker(Broker):
 
         :raises BrokerUnavailable: Redis cannot be reached.
         """
-        pattern = _glob_escape(f"{self._prefix}stats:") + "*"
-        try:
-            keys = list(self._redis.scan_iter(match=pattern, count=1000))
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            hashes = cast("list[dict[bytes, bytes]]", pipe.execute())
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(
-                f"Redis at {self._where} is unavailable ({exc}); cannot count "
-                "subscribers"
-            ) from exc
-        totals: dict[str, int] = {}
-        for counts in hashes:  # empty if it expired since SCAN saw it
-            for name, count in counts.items():
-                channel = name.decode()
-                totals[channel] = totals.get(channel, 0) + int(count)
-        return totals
-
-    # The listener
+        return cluster_counts(self._redis, self._prefix, self._where)
 
     def _ensure_listener(self) -> None:
         with self._start_lock:
@@ -1021,14 +616,14 @@ class RedisBroker(Broker):
         by_key = {self.key(name).encode(): name for name in snapshot}
         streams: dict[Any, Any] = {self._wake_key: "0-0"}
         streams.update(
-            (self.key(name), _format_id(cursor)) for name, cursor in snapshot.items()
+            (self.key(name), format_id(cursor)) for name, cursor in snapshot.items()
         )
         self._blocking = True
         try:
             if self._changed.is_set():
                 return  # a channel came meanwhile: read the channel set again
             reply = cast(
-                "list[tuple[bytes, list[_RawEntry]]]",
+                "list[tuple[bytes, list[RawEntry]]]",
                 self._listen.xread(streams, count=_BATCH, block=block_ms) or [],
             )
         finally:
@@ -1042,12 +637,12 @@ class RedisBroker(Broker):
                 self._refusable(self._listen.delete, self._wake_key)
                 continue
             if entries and channel not in unproven:
-                previous = entries[0][1].get(_PREVIOUS)
-                if previous is not None and _parse_id(previous) > snapshot[channel]:
+                previous = entries[0][1].get(PREVIOUS)
+                if previous is not None and parse_id(previous) > snapshot[channel]:
                     broken.append(channel)  # entries after the cursor were trimmed
             for raw_id, fields in entries:
-                entry_id = last[channel] = _parse_id(raw_id)
-                wire = self._encode(raw_id, fields)
+                entry_id = last[channel] = parse_id(raw_id)
+                wire = encode(raw_id, fields)
                 if wire is not None:
                     batch.append((entry_id, channel, wire))
         batch.sort(key=lambda item: (item[0], item[1]))
@@ -1065,7 +660,7 @@ class RedisBroker(Broker):
             }
             for name in broken:
                 if name in current:
-                    self._fanout.notify([name], _gap(name, snapshot[name]))
+                    self._fanout.notify([name], gap(name, snapshot[name]))
             for name in current:
                 self._cursors[name] = last[name]
                 self._unproven.discard(name)
@@ -1104,7 +699,7 @@ class RedisBroker(Broker):
         self._epoch, self._run_id = epoch, run_id
         moved: dict[str, EntryId] = {}
         for name, found in zip(names, replies[3:], strict=True):
-            top = _parse_id(found[0][0]) if found else _ORIGIN
+            top = parse_id(found[0][0]) if found else ORIGIN
             if name not in unproven and (restarted or top < snapshot[name]):
                 moved[name] = min(top, snapshot[name])
         if not moved:
@@ -1121,7 +716,7 @@ class RedisBroker(Broker):
         with self._fanout.lock:
             for name, cursor in moved.items():
                 if self._cursors.get(name) == snapshot[name]:
-                    self._fanout.notify([name], _gap(name, snapshot[name]))
+                    self._fanout.notify([name], gap(name, snapshot[name]))
                     self._cursors[name] = snapshot[name] = cursor
 
     def _refusable(self, command: Any, *args: Any) -> Any:
@@ -1205,25 +800,6 @@ class RedisBroker(Broker):
 
     def _seen(self, entry_id: EntryId) -> None:
         self._clock = max(self._clock, entry_id)
-
-    def _encode(self, raw_id: bytes, fields: dict[bytes, bytes]) -> bytes | None:
-        """The wire form of a stream entry; ``None`` (logged) if it is not ours."""
-        explicit = fields.get(_ID)
-        retry = fields.get(_RETRY)
-        kind = fields.get(_TYPE)
-        try:
-            event = Event(
-                fields.get(_DATA, b"").decode(),
-                event=kind.decode() if kind is not None else None,
-                id=(explicit or raw_id).decode(),
-                retry=int(retry) if retry is not None else None,
-            )
-            return event.encode()
-        except (InvalidEvent, UnicodeDecodeError, ValueError):
-            logger.warning("skipping stream entry %r: not an event", raw_id)
-            return None
-
-    # Shutting down
 
     def close(self) -> None:
         """End every subscription, stop the listener, close the connections."""
