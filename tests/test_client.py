@@ -403,3 +403,23 @@ class TestAsync:
         with pytest.raises(StreamRefused) as info:
             asyncio.run(asyncio.wait_for(drain("/missing"), 10))
         assert info.value.status_code == 404
+        assert "Not Found" in info.value.reason
+
+    def test_refusal_keeps_the_servers_reason(
+        self, events: EventStream, live: str, collect: Callable[..., Collector]
+    ) -> None:
+        client = collect(EventSource(f"{live}/stream?channel=", reconnection_time=0.01))
+        client.wait_finished()
+        assert isinstance(client.error, StreamRefused)
+        assert client.error.status_code == 400
+        assert client.error.reason == "channel name must not be empty"
+        assert "it said: 'channel name must not be empty'" in str(client.error)
+
+    def test_refusal_reason_is_cut_to_its_start(
+        self, app: Flask, serve: Serve, collect: Callable[..., Collector]
+    ) -> None:
+        app.add_url_rule("/long", "long", lambda: ("why " * 10_000, 403))
+        client = collect(EventSource(f"{serve(app).url}/long"))
+        client.wait_finished()
+        assert isinstance(client.error, StreamRefused)
+        assert client.error.reason == ("why " * 125).strip()

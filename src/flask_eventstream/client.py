@@ -72,12 +72,21 @@ DEFAULT_RECONNECTION_TIME = 3.0
 #: Each wait is lengthened by a random fraction of itself, up to this much (O7).
 _JITTER = 0.5
 
+#: Bytes of a refusal's body kept as :attr:`StreamRefused.reason`.
+_REASON_BYTES = 500
+
 
 def _user_agent() -> str:
     try:
         return f"flask-eventstream/{metadata.version('flask-eventstream')}"
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
         return "flask-eventstream"
+
+
+def _refusal(refused: StreamRefused, body: bytes) -> StreamRefused:
+    """*refused* with the start of the response *body* as its reason."""
+    reason = body[:_REASON_BYTES].decode("utf-8", "replace").strip()
+    return StreamRefused(refused.status_code, refused.content_type, reason)
 
 
 def _is_event_stream(content_type: str | None) -> bool:
@@ -281,7 +290,8 @@ class EventSource(_BaseEventSource[httpx.Client]):
     :param client: an :class:`httpx.Client` to use (its transport, cookies, auth);
         by default one is created and closed with this source.
     :raises StreamRefused: when the server answers with another status than 200 or 204,
-        or another type than ``text/event-stream``; no reconnection is tried.
+        or another type than ``text/event-stream``; no reconnection is tried. Its
+        ``reason`` holds the start of the server's answer.
     :raises EventTooLarge: when the stream exceeds *max_event_size*.
     """
 
@@ -297,8 +307,11 @@ class EventSource(_BaseEventSource[httpx.Client]):
             try:
                 with self._client.stream(**self._request()) as response:
                     content_type = response.headers.get("content-type")
-                    if not session.accept(response.status_code, content_type):
-                        return
+                    try:
+                        if not session.accept(response.status_code, content_type):
+                            return
+                    except StreamRefused as refused:
+                        raise _refusal(refused, _first_bytes(response)) from None
                     opened = True
                     self._response = response
                     logger.info("event stream open: %s", self.url)
@@ -369,8 +382,12 @@ class AsyncEventSource(_BaseEventSource[httpx.AsyncClient]):
             try:
                 async with self._client.stream(**self._request()) as response:
                     content_type = response.headers.get("content-type")
-                    if not session.accept(response.status_code, content_type):
-                        return
+                    try:
+                        if not session.accept(response.status_code, content_type):
+                            return
+                    except StreamRefused as refused:
+                        body = await _afirst_bytes(response)
+                        raise _refusal(refused, body) from None
                     opened = True
                     logger.info("event stream open: %s", self.url)
                     async for chunk in response.aiter_bytes():
@@ -410,3 +427,29 @@ class AsyncEventSource(_BaseEventSource[httpx.AsyncClient]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _first_bytes(response: httpx.Response) -> bytes:
+    """Up to :data:`_REASON_BYTES` of *response*'s body; ``b""`` if it breaks."""
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= _REASON_BYTES:
+                break
+    except httpx.TransportError:
+        pass
+    return body
+
+
+async def _afirst_bytes(response: httpx.Response) -> bytes:
+    """:func:`_first_bytes` for an async response."""
+    body = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= _REASON_BYTES:
+                break
+    except httpx.TransportError:
+        pass
+    return body
