@@ -263,6 +263,48 @@ class TestReconnection:
         assert client.error is None
 
 
+class TestRequestBody:
+    """``method=`` with ``content=`` or ``json=``: a stream that answers a POST."""
+
+    @pytest.fixture
+    def echo(self, app: Flask, events: EventStream, serve: Serve) -> str:
+        @app.post("/echo")
+        def echo() -> Response:
+            body = request.get_data(as_text=True)
+            return events.stream([f"{request.method} {request.mimetype} {body}"])
+
+        return serve(app).url + "/echo"
+
+    @pytest.mark.parametrize(
+        ("body", "expected"),
+        [
+            ({"content": "plain words"}, "POST  plain words"),
+            ({"content": b"raw"}, "POST  raw"),
+            ({"json": ["hi"]}, 'POST application/json ["hi"]'),
+        ],
+        ids=["str", "bytes", "json"],
+    )
+    def test_post_sends_the_body(
+        self, echo: str, body: dict[str, object], expected: str
+    ) -> None:
+        with EventSource(echo, method="post", **body) as source:  # type: ignore[arg-type]
+            event = next(iter(source))
+        assert event.data == expected
+
+    def test_async_client_posts_too(self, echo: str) -> None:
+        async def first() -> str:
+            async with AsyncEventSource(echo, method="POST", json=[1]) as source:
+                async for event in source:
+                    return event.data
+            return ""
+
+        assert asyncio.run(asyncio.wait_for(first(), 10)) == "POST application/json [1]"
+
+    def test_content_and_json_together_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="content= or json="):
+            EventSource("http://127.0.0.1:1/", content="a", json={})
+
+
 class TestRefusal:
     def test_204_stops_without_error(
         self, app: Flask, serve: Serve, collect: Callable[..., Collector]

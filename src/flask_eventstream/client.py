@@ -209,8 +209,12 @@ class _BaseEventSource(Generic[_C]):
         max_reconnects: int | None = None,
         max_event_size: int = 1024 * 1024,
         client: _C | None = None,
+        method: str = "GET",
+        content: str | bytes | None = None,
+        json: Any = None,
     ) -> None:
         self.url = url
+        self._body = _body(method, content, json)
         self._session = _Session(
             last_event_id=last_event_id,
             headers=headers,
@@ -242,11 +246,11 @@ class _BaseEventSource(Generic[_C]):
 
     def _request(self) -> dict[str, Any]:
         return {
-            "method": "GET",
             "url": self.url,
             "headers": self._session.request_headers(),
             "timeout": self._timeout,
             "follow_redirects": True,
+            **self._body,
         }
 
     def _lost(self, exc: Exception, *, opened: bool) -> None:
@@ -272,6 +276,10 @@ class EventSource(_BaseEventSource[httpx.Client]):
     ``"message"`` when none was sent; ``id`` the last event id) and ends only when the
     server answers ``204``, or when :meth:`close` is called (from any thread).
 
+    A stream that ends is reconnected, as browsers do, and a POST is sent again
+    with its body: for a one-off answer (``method="POST"``), ``break`` on the
+    event that ends it.
+
     :param url: the stream's URL, e.g. ``http://host/stream?channel=chat``.
     :param last_event_id: resume after this id (sent as ``Last-Event-ID``).
     :param headers: extra request headers (cookies, authorization).
@@ -289,6 +297,10 @@ class EventSource(_BaseEventSource[httpx.Client]):
     :param max_event_size: the most characters one event (or one line) may hold.
     :param client: an :class:`httpx.Client` to use (its transport, cookies, auth);
         by default one is created and closed with this source.
+    :param method: the HTTP method; ``"POST"`` for a stream that answers a request
+        body (``events.stream(...)`` in a ``@app.post`` view).
+    :param content: the request body, sent again at each reconnection.
+    :param json: a request body sent as JSON (instead of *content*).
     :raises StreamRefused: when the server answers with another status than 200 or 204,
         or another type than ``text/event-stream``; no reconnection is tried. Its
         ``reason`` holds the start of the server's answer.
@@ -427,6 +439,21 @@ class AsyncEventSource(_BaseEventSource[httpx.AsyncClient]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _body(method: str, content: str | bytes | None, json: Any) -> dict[str, Any]:
+    """The request arguments besides the URL and headers: method and body.
+
+    :raises ValueError: for both *content* and *json*.
+    """
+    if content is not None and json is not None:
+        raise ValueError("give the request body as content= or json=, not both")
+    body: dict[str, Any] = {"method": method.upper()}
+    if content is not None:
+        body["content"] = content
+    elif json is not None:
+        body["json"] = json
+    return body
 
 
 def _first_bytes(response: httpx.Response) -> bytes:
