@@ -25,7 +25,8 @@ from flask import Flask, abort, render_template, request, url_for
 
 from flask_eventstream import EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 app.config.from_prefixed_env()
 events = EventStream(app)
 

@@ -26,7 +26,8 @@ from flask import Flask, Response, abort, render_template, request
 
 from flask_eventstream import Event, EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 #: Seconds between two tokens: a stand-in for a model's pace.
 app.config["TOKENS_DELAY_SECONDS"] = 0.08
 app.config.from_prefixed_env()  # e.g. FLASK_TOKENS_DELAY_SECONDS=0.5

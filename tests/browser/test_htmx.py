@@ -21,6 +21,7 @@ def open_page(context: BrowserContext, url: str) -> Page:
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(url + "/")
     expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
     assert errors == []  # e.g. an extension written for another htmx
     return page
 

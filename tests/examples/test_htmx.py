@@ -16,7 +16,7 @@ def test_page_loads_the_vendored_scripts_from_the_app(
 ) -> None:
     client = example("htmx").app.test_client()
     page = client.get("/").text
-    for script in ("htmx-2.0.11.min.js", "htmx-ext-sse-2.2.4.js"):
+    for script in ("htmx/htmx-2.0.11.min.js", "htmx/htmx-ext-sse-2.2.4.js"):
         assert f'src="/static/{script}"' in page
         with client.get(f"/static/{script}") as response:
             assert response.status_code == 200
