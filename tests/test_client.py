@@ -398,6 +398,23 @@ class TestEventTooLarge:
         client.wait_finished()
         assert isinstance(client.error, EventTooLarge)
 
+    @pytest.mark.parametrize("line", ["x", "x\n"], ids=["one-line", "many-lines"])
+    def test_the_largest_event_publish_allows_is_read_by_default(
+        self,
+        app: Flask,
+        events: EventStream,
+        live: str,
+        collect: Callable[..., Collector],
+        line: str,
+    ) -> None:
+        """The server's and the client's defaults agree: 1 MiB of data passes."""
+        data = (line * (1024 * 1024 // len(line)))[: 1024 * 1024]
+        first = publish(app, events, "first")
+        client = collect(EventSource(f"{live}/stream", last_event_id=first.id or ""))
+        publish(app, events, data)
+        (event,) = client.wait_for_events(1, timeout=10)
+        assert event.data == data
+
 
 class TestAsync:
     def test_async_client_resumes_and_reconnects(
