@@ -1,7 +1,8 @@
 """A small app for tests that run it under a real server process (gunicorn, nginx).
 
-Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15) and
-``EVENTSTREAM_BROKER_URL`` (default ``memory://``).
+Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15),
+``EVENTSTREAM_BROKER_URL`` (default ``memory://``), and, when set,
+``EVENTSTREAM_REDIS_PREFIX`` and ``EVENTSTREAM_HISTORY``.
 
 - ``GET /stream?channel=...``: the extension's stream endpoint;
 - ``POST /publish?channel=...``: publishes the request body as the data of an event,
@@ -27,6 +28,9 @@ app.config["EVENTSTREAM_HEARTBEAT"] = float(
 app.config["EVENTSTREAM_BROKER_URL"] = os.environ.get(
     "EVENTSTREAM_BROKER_URL", "memory://"
 )
+for name in ("EVENTSTREAM_REDIS_PREFIX", "EVENTSTREAM_HISTORY"):
+    if name in os.environ:
+        app.config[name] = os.environ[name]
 events = EventStream(app)
 
 

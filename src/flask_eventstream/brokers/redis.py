@@ -2,7 +2,8 @@
 
 Works with Redis 6.2+ and Valkey (the same protocol). Selected by
 ``EVENTSTREAM_BROKER_URL = "redis://host:6379/0"`` (also ``rediss://``, ``unix://``,
-``valkey://``, ``valkeys://``); needs ``pip install flask-eventstream[redis]``.
+``valkey://``, ``valkeys://``, and ``redis+sentinel://`` to follow a primary across
+Sentinel failovers); needs ``pip install flask-eventstream[redis]``.
 
 How it works:
 
@@ -60,10 +61,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit
 
-from redis import BlockingConnectionPool, ConnectionPool, Redis
-from redis.backoff import NoBackoff
+from redis import Redis
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
@@ -76,7 +75,6 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
-from redis.retry import Retry
 
 from ..event import Event
 from ..exceptions import (
@@ -86,6 +84,7 @@ from ..exceptions import (
     PublishUncertain,
 )
 from ..signals import broker_reconnected
+from ._redis_pools import make_pools
 from .base import GAP_EVENT, Broker, Fanout, Subscription
 
 __all__ = ["RedisBroker"]
@@ -285,18 +284,13 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
-def _redis_url(url: str) -> str:
-    """*url* with ``valkey://``/``valkeys://`` spelled as redis-py knows them."""
-    scheme, sep, rest = url.partition("://")
-    scheme = {"valkey": "redis", "valkeys": "rediss"}.get(scheme.lower(), scheme)
-    return f"{scheme}{sep}{rest}"
-
-
 class RedisBroker(Broker):
     """Events in Redis Streams, fanned out in each process by one listener.
 
     :param url: ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or
-        ``valkeys://`` URL, with database, user and password as redis-py reads them.
+        ``valkeys://`` URL, with database, user and password as redis-py reads them;
+        or ``redis+sentinel://[user:password@]host[:port][,...]/service[/db]`` for
+        a primary that Sentinel watches (the grammar is in ``docs/redis.md``).
     :param history: events kept per channel for replay (at least; see above).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
     :param key_prefix: put before every key, so several apps can share one Redis.
@@ -331,10 +325,6 @@ class RedisBroker(Broker):
             )
         if not stats_interval > 0:
             raise ValueError(f"stats_interval must be above 0, got {stats_interval}")
-        url = _redis_url(url)
-        scheme = urlsplit(url).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError(f"not a Redis URL: {url!r}")
         self._history = history
         self._prefix = key_prefix
         token = uuid.uuid4().hex
@@ -342,31 +332,25 @@ class RedisBroker(Broker):
         self.client_name = (
             f"eventstream:{socket.gethostname()}:{os.getpid()}:{token[:8]}"
         )
-        options: dict[str, Any] = {
-            "client_name": self.client_name,
-            "socket_connect_timeout": _TIMEOUT,
-        }
-        if scheme != "unix":  # notice a Redis host that vanished without a reset
-            options["socket_keepalive"] = True
-        # One retry: a pooled connection found dead after a Redis restart is
-        # replaced at once instead of failing the first publish.
-        self._pool = BlockingConnectionPool.from_url(
+        # The shared pool retries once: a pooled connection found dead after a
+        # Redis restart is replaced at once instead of failing the first read.
+        # The listener retries by itself, with backoff; XREAD BLOCK must not
+        # time out.
+        pools = make_pools(
             url,
-            max_connections=_POOL_SIZE,
-            timeout=_POOL_WAIT,
-            socket_timeout=_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-            **options,
+            size=_POOL_SIZE,
+            wait=_POOL_WAIT,
+            timeout=_TIMEOUT,
+            listen_timeout=_BLOCK_MS / 1000 + _TIMEOUT,
+            options={
+                "client_name": self.client_name,
+                "socket_connect_timeout": _TIMEOUT,
+            },
         )
+        self._pool = pools.shared
+        self._listen_pool = pools.listen
+        self._where = pools.where
         self._redis = Redis(connection_pool=self._pool)
-        # The listener retries by itself, with backoff; XREAD BLOCK must not time out.
-        self._listen_pool = ConnectionPool.from_url(
-            url,
-            max_connections=1,
-            socket_timeout=_BLOCK_MS / 1000 + _TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            **options,
-        )
         self._listen = Redis(connection_pool=self._listen_pool)
         self._block_ms = max(1, min(_BLOCK_MS, int(stats_interval * 1000)))
         # This process's subscriber counts (see cluster_subscriber_counts). Owned
@@ -378,10 +362,6 @@ class RedisBroker(Broker):
         self._stats_channels: frozenset[str] | None = None
         # When the listener lost Redis (monotonic), until it is back. Listener-owned.
         self._lost_at: float | None = None
-        location = self._pool.connection_kwargs
-        self._where = location.get("path") or (
-            f"{location.get('host', 'localhost')}:{location.get('port', 6379)}"
-        )
         self._fanout = Fanout(buffer=buffer)
         # Channel -> id of the last entry read here: the channels the listener reads
         # (with subscribers, or lingering). Guarded by the fan-out lock.
@@ -403,6 +383,10 @@ class RedisBroker(Broker):
         # (monotonic). Listener-owned.
         self._epoch_key = f"{key_prefix}epoch"
         self._epoch: bytes | None = None
+        # The ``run_id`` of the Redis server the listener last checked: another
+        # one (a restart, or a replica promoted by a failover) may lack entries
+        # this process never read. Listener-owned.
+        self._run_id: str | None = None
         self._check_due = 0.0
         # History reads in flight, by (channels, Last-Event-ID): a reconnect storm
         # (a worker died; its browsers all resume from the same id) reads once.
@@ -1093,28 +1077,33 @@ class RedisBroker(Broker):
     def _check_store(self, snapshot: dict[str, EntryId], unproven: set[str]) -> None:
         """Tell the subscribers of every channel whose entries Redis lost.
 
-        Run after a lost connection and every ``stats_interval``. Redis lost
-        entries this process may not have delivered if its epoch token changed
-        (it restarted empty, or was flushed) or a stream's newest entry is older
-        than where the listener read up to (restored from an old snapshot, or a
-        replica that lacked them took over). Those channels get the gap event and
-        read on from what Redis holds now; *snapshot* is updated to match.
+        Run after a lost connection and every ``stats_interval``. Redis may have
+        lost entries this process did not deliver if it is another server process
+        than before (a restart, or a replica promoted by a failover: replication
+        is asynchronous), if its epoch token changed (restarted empty, or
+        flushed), or if a stream's newest entry is older than where the listener
+        read up to (restored from an old snapshot). Those channels get the gap
+        event and read on from what Redis holds now; *snapshot* is updated.
         """
         pipe = self._listen.pipeline(transaction=False)
+        pipe.info("server")
         pipe.set(self._epoch_key, uuid.uuid4().hex, nx=True)
         pipe.get(self._epoch_key)
         names = list(snapshot)
         for name in names:
             pipe.xrevrange(self.key(name), count=1)
         replies = pipe.execute(raise_on_error=False)
-        for reply in replies[1:]:
-            if isinstance(reply, Exception):
+        for index, reply in enumerate(replies):
+            if isinstance(reply, Exception) and index != 1:  # SET may be refused
                 raise reply
-        epoch = cast("bytes | None", replies[1])
-        restarted = self._epoch is not None and epoch != self._epoch
-        self._epoch = epoch
+        run_id = str(replies[0].get("run_id", ""))
+        epoch = cast("bytes | None", replies[2])
+        restarted = (self._epoch is not None and epoch != self._epoch) or (
+            self._run_id is not None and run_id != self._run_id
+        )
+        self._epoch, self._run_id = epoch, run_id
         moved: dict[str, EntryId] = {}
-        for name, found in zip(names, replies[2:], strict=True):
+        for name, found in zip(names, replies[3:], strict=True):
             top = _parse_id(found[0][0]) if found else _ORIGIN
             if name not in unproven and (restarted or top < snapshot[name]):
                 moved[name] = min(top, snapshot[name])
@@ -1124,7 +1113,9 @@ class RedisBroker(Broker):
             "Redis at %s lost entries (%s): the subscribers of channels %s get the "
             "gap event",
             self._where,
-            "its data was replaced" if restarted else "streams went back",
+            "another server, or its data replaced"
+            if restarted
+            else "streams went back",
             sorted(moved),
         )
         with self._fanout.lock:
