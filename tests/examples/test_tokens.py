@@ -25,6 +25,7 @@ from flask_eventstream.client import EventSource
 
 from ..conftest import LiveServer, missing
 from ..helpers import wait_for
+from ..test_docs_samples import code_block
 from ..test_servers import _free_port, _get
 from .loader import EXAMPLES
 
@@ -122,6 +123,18 @@ def test_python_client_posts_the_prompt_and_reads_the_answer(
             if event.event == "token":
                 text += event.data
     assert text == "You asked: Hi\n\n" + tokens.ANSWER
+
+
+def test_the_tutorials_python_sample_prints_the_answer(
+    example: Callable[..., ModuleType],
+    serve: Callable[..., LiveServer],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokens = example("tokens", TOKENS_DELAY_SECONDS=0.001)
+    sample = code_block("tutorials.md", "python", 'method="POST"')
+    url = serve(tokens.app).url
+    exec(sample.replace("http://127.0.0.1:5000", url), {})  # noqa: S102
+    assert capsys.readouterr().out == "You asked: Why?\n\n" + tokens.ANSWER
 
 
 class GeventServer:
