@@ -86,15 +86,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
+def _install(wheel: Path, extras: str, where: Path) -> Path:
+    """A new venv in *where* with *wheel* installed, with ``[extras]`` if any."""
+    venv = where / "venv"
+    # This pip installs into the new venv (--python): no pip of its own to set up.
+    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=where, timeout=60)
+    pip = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python"]
+    pip += ["--disable-pip-version-check", "-q", "install"]
+    _run(*pip, f"{wheel}[{extras}]" if extras else wheel, cwd=where, timeout=300)
+    return venv
+
+
 @pytest.fixture
 def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     """A new venv with the wheel installed as the README says: ``[redis,gevent]``."""
-    venv = tmp_path / "venv"
-    _run(sys.executable, "-m", "venv", venv, cwd=tmp_path, timeout=120)
-    python = venv / "bin" / "python"
-    pip = [python, "-m", "pip", "--disable-pip-version-check", "-q", "install"]
-    _run(*pip, f"{wheel}[redis,gevent]", cwd=tmp_path, timeout=300)
-    return venv
+    return _install(wheel, "redis,gevent", tmp_path)
 
 
 @pytest.fixture
@@ -151,3 +157,53 @@ def test_readme_production_command_serves_a_stream_after_a_fresh_install(
         assert event.data == "hello from a fresh install"
     finally:
         stream.close()
+
+
+#: For each documented extra alone, a script that what it promises makes work.
+EXTRAS = {
+    "": """
+from flask import Flask
+from flask_eventstream import EventStream
+app = Flask("app")
+app.config["EVENTSTREAM_BROKER_URL"] = "redis://localhost:6379/0"
+try:
+    EventStream(app)
+except ImportError as exc:
+    assert 'pip install "flask-eventstream[redis]"' in str(exc), exc
+else:
+    raise AssertionError("a Redis URL without the redis extra")
+""",
+    "redis": """
+from flask_eventstream.brokers.redis import RedisBroker
+""",
+    "client": """
+from flask_eventstream.client import EventSource
+""",
+    "metrics": """
+from flask import Flask
+from flask_eventstream import EventStream
+app = Flask("app")
+app.config["EVENTSTREAM_METRICS"] = True
+EventStream(app)
+""",
+    "jwt": """
+import time, jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask_eventstream.jwt_tokens import JWTVerifier
+key = ec.generate_private_key(ec.SECP256R1())
+public = key.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+token = jwt.encode({"exp": int(time.time()) + 60, "channels": ["a"]}, key, "ES256")
+assert JWTVerifier(public, ("ES256",)).check(token, ["a"]) is None
+""",
+}
+
+
+@pytest.mark.parametrize("extras", sorted(EXTRAS), ids=lambda e: e or "no-extra")
+def test_each_extra_brings_what_it_promises(
+    tmp_path: Path, wheel: Path, extras: str
+) -> None:
+    venv = _install(wheel, extras, tmp_path)
+    _run(venv / "bin" / "python", "-c", EXTRAS[extras], cwd=tmp_path, timeout=60)
