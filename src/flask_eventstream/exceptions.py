@@ -89,15 +89,21 @@ class StreamRefused(ClientError):
 
     :param status_code: the HTTP status of the response.
     :param content_type: its ``Content-Type`` header, or ``None``.
+    :param reason: the start of the response body, as text (the server's own
+        words, such as ``channel name must not be empty``); ``""`` when empty.
     """
 
-    def __init__(self, status_code: int, content_type: str | None) -> None:
-        super().__init__(
+    def __init__(
+        self, status_code: int, content_type: str | None, reason: str = ""
+    ) -> None:
+        message = (
             f"the server answered {status_code} with Content-Type "
             f"{content_type!r}; an event stream needs 200 and text/event-stream"
         )
+        super().__init__(f"{message}; it said: {reason!r}" if reason else message)
         self.status_code = status_code
         self.content_type = content_type
+        self.reason = reason
 
 
 class EventTooLarge(ClientError):

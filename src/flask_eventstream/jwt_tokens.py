@@ -8,8 +8,9 @@ token must carry ``exp``, and grants channels by either claim:
 - ``{"mercure": {"subscribe": ["chat", "user:42"]}}``, as Mercure hubs read it;
 - ``{"channels": ["chat", "user:42"]}``.
 
-``"*"`` in the list grants every channel. An expired or forged token gets 401, a
-channel the token does not grant gets 403, before any stream byte.
+``"*"`` in the list grants every channel; a single string (``{"channels": "*"}``,
+``{"channels": "chat"}``) is read as a list of one. An expired or forged token
+gets 401, a channel the token does not grant gets 403, before any stream byte.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def _granted(claims: Any) -> frozenset[str]:
     names = mercure.get("subscribe") if isinstance(mercure, dict) else None
     if names is None and isinstance(claims, dict):
         names = claims.get("channels")
+    if isinstance(names, str):
+        return frozenset([names])  # "*" or one channel, as written without a list
     if not isinstance(names, list):
         return frozenset()
     return frozenset(name for name in names if isinstance(name, str))
