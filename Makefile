@@ -20,7 +20,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 install-test: $(BIN)/python system-deps
-	$(PIP) install -e '.[redis,gevent,client,metrics,jwt]' --group test --group lint
+	$(PIP) install -e '.[redis,gevent,client,metrics,jwt]' --group test --group lint --group dist
 
 ## make test: installs what the suite needs, then runs all of it
 test: install-test

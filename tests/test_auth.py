@@ -282,8 +282,22 @@ class TestSubscribeTokens:
     def test_mint_without_secret_key_says_what_to_do(self) -> None:
         app = Flask(__name__)
         events = EventStream(app)
-        with app.app_context(), pytest.raises(RuntimeError, match="secret_key"):
+        with app.app_context(), pytest.raises(RuntimeError, match="SECRET_KEY"):
             events.subscribe_token("a")
+
+    def test_stream_url_with_token_in_a_view_names_secret_key(self) -> None:
+        app = Flask(__name__)
+        app.testing = True
+        events = EventStream(app)
+
+        @app.get("/")
+        def page() -> str:
+            return events.stream_url("a", token=True)
+
+        with pytest.raises(RuntimeError) as info:
+            app.test_client().get("/")
+        assert "stream_url(token=True)" in str(info.value)
+        assert "app.config['SECRET_KEY']" in str(info.value)
 
     def test_without_secret_key_the_token_parameter_is_ignored(self) -> None:
         app = Flask(__name__)

@@ -263,6 +263,48 @@ class TestReconnection:
         assert client.error is None
 
 
+class TestRequestBody:
+    """``method=`` with ``content=`` or ``json=``: a stream that answers a POST."""
+
+    @pytest.fixture
+    def echo(self, app: Flask, events: EventStream, serve: Serve) -> str:
+        @app.post("/echo")
+        def echo() -> Response:
+            body = request.get_data(as_text=True)
+            return events.stream([f"{request.method} {request.mimetype} {body}"])
+
+        return serve(app).url + "/echo"
+
+    @pytest.mark.parametrize(
+        ("body", "expected"),
+        [
+            ({"content": "plain words"}, "POST  plain words"),
+            ({"content": b"raw"}, "POST  raw"),
+            ({"json": ["hi"]}, 'POST application/json ["hi"]'),
+        ],
+        ids=["str", "bytes", "json"],
+    )
+    def test_post_sends_the_body(
+        self, echo: str, body: dict[str, object], expected: str
+    ) -> None:
+        with EventSource(echo, method="post", **body) as source:  # type: ignore[arg-type]
+            event = next(iter(source))
+        assert event.data == expected
+
+    def test_async_client_posts_too(self, echo: str) -> None:
+        async def first() -> str:
+            async with AsyncEventSource(echo, method="POST", json=[1]) as source:
+                async for event in source:
+                    return event.data
+            return ""
+
+        assert asyncio.run(asyncio.wait_for(first(), 10)) == "POST application/json [1]"
+
+    def test_content_and_json_together_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="content= or json="):
+            EventSource("http://127.0.0.1:1/", content="a", json={})
+
+
 class TestRefusal:
     def test_204_stops_without_error(
         self, app: Flask, serve: Serve, collect: Callable[..., Collector]
@@ -356,6 +398,23 @@ class TestEventTooLarge:
         client.wait_finished()
         assert isinstance(client.error, EventTooLarge)
 
+    @pytest.mark.parametrize("line", ["x", "x\n"], ids=["one-line", "many-lines"])
+    def test_the_largest_event_publish_allows_is_read_by_default(
+        self,
+        app: Flask,
+        events: EventStream,
+        live: str,
+        collect: Callable[..., Collector],
+        line: str,
+    ) -> None:
+        """The server's and the client's defaults agree: 1 MiB of data passes."""
+        data = (line * (1024 * 1024 // len(line)))[: 1024 * 1024]
+        first = publish(app, events, "first")
+        client = collect(EventSource(f"{live}/stream", last_event_id=first.id or ""))
+        publish(app, events, data)
+        (event,) = client.wait_for_events(1, timeout=10)
+        assert event.data == data
+
 
 class TestAsync:
     def test_async_client_resumes_and_reconnects(
@@ -403,3 +462,23 @@ class TestAsync:
         with pytest.raises(StreamRefused) as info:
             asyncio.run(asyncio.wait_for(drain("/missing"), 10))
         assert info.value.status_code == 404
+        assert "Not Found" in info.value.reason
+
+    def test_refusal_keeps_the_servers_reason(
+        self, events: EventStream, live: str, collect: Callable[..., Collector]
+    ) -> None:
+        client = collect(EventSource(f"{live}/stream?channel=", reconnection_time=0.01))
+        client.wait_finished()
+        assert isinstance(client.error, StreamRefused)
+        assert client.error.status_code == 400
+        assert client.error.reason == "channel name must not be empty"
+        assert "it said: 'channel name must not be empty'" in str(client.error)
+
+    def test_refusal_reason_is_cut_to_its_start(
+        self, app: Flask, serve: Serve, collect: Callable[..., Collector]
+    ) -> None:
+        app.add_url_rule("/long", "long", lambda: ("why " * 10_000, 403))
+        client = collect(EventSource(f"{serve(app).url}/long"))
+        client.wait_finished()
+        assert isinstance(client.error, StreamRefused)
+        assert client.error.reason == ("why " * 125).strip()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -81,6 +83,27 @@ class TestInitApp:
         app = Flask(__name__)
         with app.app_context(), pytest.raises(RuntimeError, match="not set up"):
             events.publish("x")
+
+    def test_redis_url_without_the_redis_package_names_the_extra(self) -> None:
+        """In a fresh interpreter where ``import redis`` fails as if not installed."""
+        script = (
+            "import sys; sys.modules['redis'] = None\n"
+            "from flask import Flask\n"
+            "from flask_eventstream import EventStream\n"
+            "app = Flask('app')\n"
+            "app.config['EVENTSTREAM_BROKER_URL'] = 'redis://localhost:6379/0'\n"
+            "try:\n"
+            "    EventStream(app)\n"
+            "except ImportError as exc:\n"
+            "    print(type(exc).__name__, exc)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert done.stdout == (
+            "ImportError EVENTSTREAM_BROKER_URL 'redis://localhost:6379/0' needs the "
+            'Redis client: pip install "flask-eventstream[redis]"\n'
+        ), done.stderr
 
 
 class TestPublish:

@@ -49,6 +49,28 @@ class TestJWT:
             status(client, f"/stream/any?token={token({'channels': ['*']})}")[0] == 200
         )
 
+    @pytest.mark.parametrize(
+        ("claims", "channel", "code"),
+        [
+            ({"channels": "*"}, "any", 200),
+            ({"channels": "a"}, "a", 200),
+            ({"channels": "a"}, "b", 403),
+            ({"mercure": {"subscribe": "*"}}, "any", 200),
+            ({"channels": 42}, "a", 403),
+        ],
+        ids=["wildcard", "one", "other", "mercure-wildcard", "not-a-name"],
+    )
+    def test_a_single_string_grants_one_channel_or_all(
+        self,
+        app: Flask,
+        events: EventStream,
+        claims: dict[str, object],
+        channel: str,
+        code: int,
+    ) -> None:
+        grant = token(claims)
+        assert status(app.test_client(), f"/stream/{channel}?token={grant}")[0] == code
+
     def test_bearer_header_is_accepted(self, app: Flask, events: EventStream) -> None:
         headers = {"Authorization": f"Bearer {token({'channels': ['a']})}"}
         assert status(app.test_client(), "/stream/a", headers=headers)[0] == 200

@@ -152,25 +152,41 @@ class TestMaxStreams:
 
 
 class TestMaxEventSize:
-    def test_event_at_the_limit_is_published(self) -> None:
+    """The limit counts the bytes of the data, not the encoded event."""
+
+    def test_data_at_the_limit_is_published(self) -> None:
         app, events = make_app(EVENTSTREAM_MAX_EVENT_SIZE=64)
         with app.app_context():
-            sent = events.publish("x" * (64 - len(b"id: 1\ndata: \n\n")), id="1")
-        assert len(sent.encode()) == 64
+            sent = events.publish("x" * 64, id="1", event="big")
+        assert len(sent.encode()) > 64
 
     def test_one_byte_over_is_a_clear_invalid_event(self) -> None:
         app, events = make_app(EVENTSTREAM_MAX_EVENT_SIZE=64)
-        with app.app_context():
-            events.publish("x" * (64 - len(b"id: 1\ndata: \n\n")), id="1")
-            with pytest.raises(InvalidEvent, match="65 bytes") as info:
-                events.publish("x" * (65 - len(b"id: 1\ndata: \n\n")), id="1")
+        with app.app_context(), pytest.raises(InvalidEvent) as info:
+            events.publish("x" * 65, id="1")
         assert info.value.field == "data"
-        assert "EVENTSTREAM_MAX_EVENT_SIZE allows 64" in str(info.value)
+        assert str(info.value) == (
+            "data: data is 65 bytes in UTF-8; EVENTSTREAM_MAX_EVENT_SIZE allows "
+            "64 bytes of data"
+        )
 
     def test_size_counts_utf8_bytes_not_characters(self) -> None:
         app, events = make_app(EVENTSTREAM_MAX_EVENT_SIZE=64)
-        with app.app_context(), pytest.raises(InvalidEvent):
+        with app.app_context(), pytest.raises(InvalidEvent, match="80 bytes"):
             events.publish("é" * 40, id="1")  # 40 characters, 80 bytes
+
+    def test_json_data_counts_its_json_text(self) -> None:
+        app, events = make_app(EVENTSTREAM_MAX_EVENT_SIZE=64)
+        with app.app_context(), pytest.raises(InvalidEvent, match="66 bytes"):
+            events.publish({"text": "x" * 54})  # {"text": "..."} is 66 bytes
+
+    def test_default_accepts_one_mebibyte_of_data(self) -> None:
+        app, events = make_app()
+        with app.app_context():
+            sent = events.publish("x" * 1024 * 1024, event="upload")
+        assert len(sent.data) == 1024 * 1024
+        with app.app_context(), pytest.raises(InvalidEvent):
+            events.publish("x" * (1024 * 1024 + 1))
 
     def test_oversized_event_reaches_nobody(self) -> None:
         app, events = make_app(EVENTSTREAM_MAX_EVENT_SIZE=64)

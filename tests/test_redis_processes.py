@@ -148,7 +148,11 @@ def test_publish_from_a_third_process_reaches_both_server_processes(
         client.close()
     for server in servers:  # found gone at the next heartbeat write
         wait_for(lambda server=server: server.count() == 0, timeout=10)
-    kept = {f"{prefix}{{news}}".encode(), f"{prefix}last-id".encode()}
+    kept = {
+        f"{prefix}{{news}}".encode(),
+        f"{prefix}last-id".encode(),
+        f"{prefix}epoch".encode(),
+    }
     with redis_server.client() as redis:
         # Each listener removes its process's counts (<prefix>stats:...) when it
         # next wakes: within one XREAD block (5 s).

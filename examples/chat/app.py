@@ -15,7 +15,8 @@ from werkzeug.wrappers import Response
 
 from flask_eventstream import EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-change-me")
 app.config.from_prefixed_env()  # e.g. FLASK_EVENTSTREAM_BROKER_URL=redis://...
 events = EventStream(app)

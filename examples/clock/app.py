@@ -22,7 +22,8 @@ from flask import Flask, Response, render_template
 
 from flask_eventstream import EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 app.config.from_prefixed_env()  # e.g. FLASK_EVENTSTREAM_HEARTBEAT=5
 events = EventStream(app)
 

@@ -22,7 +22,8 @@ from flask import Flask, render_template, request
 
 from flask_eventstream import EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 app.config.from_prefixed_env()  # e.g. FLASK_EVENTSTREAM_BROKER_URL=redis://...
 events = EventStream(app)
 

@@ -34,7 +34,8 @@ from flask import Flask, Response, render_template, request, url_for
 
 from flask_eventstream import EventStream
 
-app = Flask(__name__)
+# examples/static: the stylesheet all the examples share (and htmx, vendored).
+app = Flask(__name__, static_folder="../static")
 #: Seconds per percent: the whole job takes 100 times this.
 app.config["PROGRESS_STEP_SECONDS"] = 0.05
 app.config.from_prefixed_env()  # e.g. FLASK_PROGRESS_STEP_SECONDS=0.2

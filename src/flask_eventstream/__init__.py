@@ -12,6 +12,7 @@ from .exceptions import (
     InvalidChannel,
     InvalidEvent,
     InvalidLastEventId,
+    PublishUncertain,
 )
 from .extension import GAP_EVENT, EventStream
 from .parser import EventParser
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidLastEventId",
     "MemoryBroker",
+    "PublishUncertain",
     "Subscription",
     "encode_comment",
     "validate_channel",

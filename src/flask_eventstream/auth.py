@@ -95,7 +95,11 @@ def mint_token(
     :raises ValueError: for no channel, or a *max_age* below 1.
     """
     if not keys:
-        raise RuntimeError("set app.secret_key (SECRET_KEY) to sign subscribe tokens")
+        raise RuntimeError(
+            "subscribe tokens (subscribe_token(), stream_url(token=True)) are signed "
+            "with the app's SECRET_KEY, and this app has none: set "
+            "app.config['SECRET_KEY'] to a long random string (secrets.token_hex())"
+        )
     names = list(dict.fromkeys(validate_channel(name) for name in channels))
     if not names:
         raise ValueError("a subscribe token must name at least one channel")

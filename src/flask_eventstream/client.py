@@ -73,12 +73,21 @@ DEFAULT_RECONNECTION_TIME = 3.0
 #: Each wait is lengthened by a random fraction of itself, up to this much (O7).
 _JITTER = 0.5
 
+#: Bytes of a refusal's body kept as :attr:`StreamRefused.reason`.
+_REASON_BYTES = 500
+
 
 def _user_agent() -> str:
     try:
         return f"flask-eventstream/{metadata.version('flask-eventstream')}"
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
         return "flask-eventstream"
+
+
+def _refusal(refused: StreamRefused, body: bytes) -> StreamRefused:
+    """*refused* with the start of the response *body* as its reason."""
+    reason = body[:_REASON_BYTES].decode("utf-8", "replace").strip()
+    return StreamRefused(refused.status_code, refused.content_type, reason)
 
 
 def _is_event_stream(content_type: str | None) -> bool:
@@ -201,8 +210,12 @@ class _BaseEventSource(Generic[_C]):
         max_reconnects: int | None = None,
         max_event_size: int = 1024 * 1024,
         client: _C | None = None,
+        method: str = "GET",
+        content: str | bytes | None = None,
+        json: Any = None,
     ) -> None:
         self.url = url
+        self._body = _body(method, content, json)
         self._session = _Session(
             last_event_id=last_event_id,
             headers=headers,
@@ -234,11 +247,11 @@ class _BaseEventSource(Generic[_C]):
 
     def _request(self) -> dict[str, Any]:
         return {
-            "method": "GET",
             "url": self.url,
             "headers": self._session.request_headers(),
             "timeout": self._timeout,
             "follow_redirects": True,
+            **self._body,
         }
 
     def _lost(self, exc: Exception, *, opened: bool) -> None:
@@ -264,6 +277,10 @@ class EventSource(_BaseEventSource[httpx.Client]):
     ``"message"`` when none was sent; ``id`` the last event id) and ends only when the
     server answers ``204``, or when :meth:`close` is called (from any thread).
 
+    A stream that ends is reconnected, as browsers do, and a POST is sent again
+    with its body: for a one-off answer (``method="POST"``), ``break`` on the
+    event that ends it.
+
     :param url: the stream's URL, e.g. ``http://host/stream?channel=chat``.
     :param last_event_id: resume after this id (sent as ``Last-Event-ID``).
     :param headers: extra request headers (cookies, authorization).
@@ -281,8 +298,13 @@ class EventSource(_BaseEventSource[httpx.Client]):
     :param max_event_size: the most characters one event (or one line) may hold.
     :param client: an :class:`httpx.Client` to use (its transport, cookies, auth);
         by default one is created and closed with this source.
+    :param method: the HTTP method; ``"POST"`` for a stream that answers a request
+        body (``events.stream(...)`` in a ``@app.post`` view).
+    :param content: the request body, sent again at each reconnection.
+    :param json: a request body sent as JSON (instead of *content*).
     :raises StreamRefused: when the server answers with another status than 200 or 204,
-        or another type than ``text/event-stream``; no reconnection is tried.
+        or another type than ``text/event-stream``; no reconnection is tried. Its
+        ``reason`` holds the start of the server's answer.
     :raises EventTooLarge: when the stream exceeds *max_event_size*.
     """
 
@@ -298,8 +320,11 @@ class EventSource(_BaseEventSource[httpx.Client]):
             try:
                 with self._client.stream(**self._request()) as response:
                     content_type = response.headers.get("content-type")
-                    if not session.accept(response.status_code, content_type):
-                        return
+                    try:
+                        if not session.accept(response.status_code, content_type):
+                            return
+                    except StreamRefused as refused:
+                        raise _refusal(refused, _first_bytes(response)) from None
                     opened = True
                     self._response = response
                     logger.info("event stream open: %s", self.url)
@@ -370,8 +395,12 @@ class AsyncEventSource(_BaseEventSource[httpx.AsyncClient]):
             try:
                 async with self._client.stream(**self._request()) as response:
                     content_type = response.headers.get("content-type")
-                    if not session.accept(response.status_code, content_type):
-                        return
+                    try:
+                        if not session.accept(response.status_code, content_type):
+                            return
+                    except StreamRefused as refused:
+                        body = await _afirst_bytes(response)
+                        raise _refusal(refused, body) from None
                     opened = True
                     logger.info("event stream open: %s", self.url)
                     async for chunk in response.aiter_bytes():
@@ -411,3 +440,44 @@ class AsyncEventSource(_BaseEventSource[httpx.AsyncClient]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _body(method: str, content: str | bytes | None, json: Any) -> dict[str, Any]:
+    """The request arguments besides the URL and headers: method and body.
+
+    :raises ValueError: for both *content* and *json*.
+    """
+    if content is not None and json is not None:
+        raise ValueError("give the request body as content= or json=, not both")
+    body: dict[str, Any] = {"method": method.upper()}
+    if content is not None:
+        body["content"] = content
+    elif json is not None:
+        body["json"] = json
+    return body
+
+
+def _first_bytes(response: httpx.Response) -> bytes:
+    """Up to :data:`_REASON_BYTES` of *response*'s body; ``b""`` if it breaks."""
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= _REASON_BYTES:
+                break
+    except httpx.TransportError:
+        pass
+    return body
+
+
+async def _afirst_bytes(response: httpx.Response) -> bytes:
+    """:func:`_first_bytes` for an async response."""
+    body = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= _REASON_BYTES:
+                break
+    except httpx.TransportError:
+        pass
+    return body

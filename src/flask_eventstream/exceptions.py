@@ -6,8 +6,9 @@ The tree::
     ├── InvalidEvent (also ValueError)     an event that cannot be written as SSE
     ├── InvalidChannel (also ValueError)   a channel name outside the documented rules
     ├── InvalidLastEventId (also ValueError)
-    ├── BrokerError
-    │   └── BrokerUnavailable              the broker cannot accept a publish right now
+    ├── BrokerError                        the broker refused (the event was not stored)
+    │   └── BrokerUnavailable              the broker cannot be reached: not stored
+    │       └── PublishUncertain           no answer in time: stored or not, unknown
     └── ClientError                        raised by flask_eventstream.client
         ├── StreamRefused                  not 200 text/event-stream: do not reconnect
         ├── EventTooLarge                  a line or event over the client's size cap
@@ -52,6 +53,29 @@ class BrokerUnavailable(BrokerError):
     """The broker cannot be reached; the publish was *not* accepted: retry it."""
 
 
+class PublishUncertain(BrokerUnavailable):
+    """The publish was sent, but no answer came: it may or may not be stored.
+
+    Retrying with the same key cannot send the event twice: a publish with an
+    ``idempotency_key`` that the channel already stored returns the stored event.
+
+    .. code-block:: python
+
+        try:
+            events.publish(data, channel="orders")
+        except PublishUncertain as exc:
+            events.publish(data, channel="orders", idempotency_key=exc.idempotency_key)
+
+    :param channel: the channel published to.
+    :param idempotency_key: the key the attempt was stored under, if it was.
+    """
+
+    def __init__(self, message: str, *, channel: str, idempotency_key: str) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.idempotency_key = idempotency_key
+
+
 class ClientError(EventStreamError):
     """The Python client (:mod:`flask_eventstream.client`) stopped with an error."""
 
@@ -65,15 +89,21 @@ class StreamRefused(ClientError):
 
     :param status_code: the HTTP status of the response.
     :param content_type: its ``Content-Type`` header, or ``None``.
+    :param reason: the start of the response body, as text (the server's own
+        words, such as ``channel name must not be empty``); ``""`` when empty.
     """
 
-    def __init__(self, status_code: int, content_type: str | None) -> None:
-        super().__init__(
+    def __init__(
+        self, status_code: int, content_type: str | None, reason: str = ""
+    ) -> None:
+        message = (
             f"the server answered {status_code} with Content-Type "
             f"{content_type!r}; an event stream needs 200 and text/event-stream"
         )
+        super().__init__(f"{message}; it said: {reason!r}" if reason else message)
         self.status_code = status_code
         self.content_type = content_type
+        self.reason = reason
 
 
 class EventTooLarge(ClientError):

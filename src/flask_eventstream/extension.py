@@ -170,7 +170,9 @@ class EventStream:
             Reconnection time in ms sent at the start of every stream; ``None`` keeps
             the browser's own (3 to 5 s).
         ``EVENTSTREAM_MAX_EVENT_SIZE`` (``1048576``)
-            Largest encoded event ``publish()`` accepts, in bytes.
+            Largest data ``publish()`` accepts, in bytes of UTF-8 (of the data
+            alone: the JSON text for objects; field names and line ends are not
+            counted).
         ``EVENTSTREAM_MAX_CHANNELS`` (``16``)
             Most channels one connection may subscribe to.
         ``EVENTSTREAM_MAX_LAST_EVENT_ID`` (``256``)
@@ -222,9 +224,7 @@ class EventStream:
             broker_options["key_prefix"] = config["EVENTSTREAM_REDIS_PREFIX"]
         broker = self._broker
         if broker is None:
-            broker = brokers.from_url(
-                config["EVENTSTREAM_BROKER_URL"], **broker_options
-            )
+            broker = _broker_from_url(config["EVENTSTREAM_BROKER_URL"], broker_options)
             if isinstance(fanout := getattr(broker, "fanout", None), brokers.Fanout):
                 fanout.buffer_bytes = int(config["EVENTSTREAM_BUFFER_BYTES"])
         heartbeat = float(config["EVENTSTREAM_HEARTBEAT"])
@@ -270,6 +270,7 @@ class EventStream:
         retry: int | None = None,
         channel: str | None = None,
         type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Send an event to every subscriber of *channel*; return it as sent.
 
@@ -284,10 +285,18 @@ class EventStream:
         :param retry: a reconnection time in ms for the clients.
         :param channel: defaults to ``EVENTSTREAM_DEFAULT_CHANNEL`` (``"sse"``).
         :param type: Flask-SSE's name for *event*.
-        :raises InvalidEvent: for a field that cannot be sent, or an event larger than
-            ``EVENTSTREAM_MAX_EVENT_SIZE``.
+        :param idempotency_key: makes a retry safe: if *channel* already stored an
+            event published with this key (the Redis broker remembers keys for an
+            hour, the memory broker while the event is in the history), that
+            event is returned and nothing is sent again.
+        :raises InvalidEvent: for a field that cannot be sent, or data larger than
+            ``EVENTSTREAM_MAX_EVENT_SIZE`` bytes in UTF-8.
         :raises InvalidChannel: for a channel name outside the rules.
+        :raises PublishUncertain: the broker took the event but did not answer in
+            time: it may have been stored. Retry with the exception's
+            ``idempotency_key``.
         :raises BrokerUnavailable: when the broker could not accept it (nothing sent).
+        :raises BrokerError: when the broker refused it (nothing sent).
         """
         if type is not None:
             if event is not None and event != type:
@@ -298,14 +307,8 @@ class EventStream:
         name = validate_channel(state.default_channel if channel is None else channel)
         text = data if isinstance(data, str) else app.json.dumps(data)
         sse = Event(text, event=event, id=id, retry=retry)
-        size = len(sse.encode())
-        if size > state.max_event_size:
-            raise InvalidEvent(
-                "data",
-                f"event is {size} bytes encoded; EVENTSTREAM_MAX_EVENT_SIZE allows "
-                f"{state.max_event_size}",
-            )
-        sent = state.broker.publish(name, sse)
+        _check_size(text, state.max_event_size)
+        sent = state.broker.publish(name, sse, idempotency_key=idempotency_key)
         logger.debug("published event %s to channel %r", sent.id, name)
         event_published.send(app, channel=name, event=sent)
         return sent
@@ -448,6 +451,22 @@ class EventStream:
         return current_or_only_app(self._apps, "this EventStream serves")
 
 
+def _broker_from_url(url: str, options: dict[str, Any]) -> brokers.Broker:
+    """:func:`brokers.from_url`, saying which extra a Redis URL needs.
+
+    :raises ImportError: for a Redis URL without the ``redis`` package installed.
+    """
+    try:
+        return brokers.from_url(url, **options)
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ImportError(
+            f"EVENTSTREAM_BROKER_URL {url!r} needs the Redis client: "
+            'pip install "flask-eventstream[redis]"'
+        ) from exc
+
+
 def _jwt_verifier(config: Mapping[str, Any]) -> JWTVerifier | None:
     key = config["EVENTSTREAM_JWT_KEY"]
     if key is None:
@@ -507,6 +526,18 @@ def _report_drops(app: Flask, broker: brokers.Broker) -> None:
         subscriber_dropped.send(app, channels=subscription.channels)
 
     fanout.on_drop = dropped
+
+
+def _check_size(data: str, limit: int) -> None:
+    """Refuse *data* longer than *limit* bytes of UTF-8 (field names, the ``id``
+    and line ends are not counted: 1 MiB of data fits a 1 MiB limit)."""
+    size = len(data.encode())
+    if size > limit:
+        raise InvalidEvent(
+            "data",
+            f"data is {size} bytes in UTF-8; EVENTSTREAM_MAX_EVENT_SIZE allows "
+            f"{limit} bytes of data",
+        )
 
 
 def _calls(function: Callable[[], Any], limit: int | None) -> Iterator[Any]:

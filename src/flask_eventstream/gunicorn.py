@@ -19,6 +19,9 @@ or, with a configuration file of your own, import the hook into it::
 Works with the ``gevent``, ``gthread`` and ``sync`` workers: the worker's own
 SIGTERM handler still runs after ours.
 
+It also warns, in gunicorn's log, when several workers each run their own memory
+broker: a page then gets only the events published in its own worker.
+
 The same hook calls :func:`gc.freeze` once the worker has loaded the app: what
 exists then (modules, the app, its config) lives as long as the worker, and
 frozen, full collections no longer walk it. With 1,000 streams at 50 events/s,
@@ -36,8 +39,13 @@ import signal
 from typing import Any
 
 from .brokers.base import end_all_streams
+from .brokers.memory import MemoryBroker
 
-__all__ = ["install_sigterm_handler", "post_worker_init"]
+__all__ = [
+    "install_sigterm_handler",
+    "post_worker_init",
+    "warn_memory_broker_across_workers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ def post_worker_init(worker: Any) -> None:
     """Gunicorn hook, called in each worker after it loaded the app and set up its
     signal handlers."""
     install_sigterm_handler()
+    warn_memory_broker_across_workers(worker)
     gc.freeze()
     # Thawed at exit, while modules are still whole: else the frozen objects are
     # torn down late, and their finalizers (logging's) fail on cleared modules.
@@ -75,3 +84,21 @@ def install_sigterm_handler() -> None:
 def _end_streams() -> None:
     ended = end_all_streams()
     logger.info("shutting down: ended %d open event streams", ended)
+
+
+def warn_memory_broker_across_workers(worker: Any) -> None:
+    """Log a warning when *worker* is one of several running the memory broker.
+
+    Each process has its own memory broker: an event published in one worker never
+    reaches the pages whose streams another worker holds, and nothing fails.
+    """
+    extensions = getattr(worker.wsgi, "extensions", None)
+    state = extensions.get("eventstream") if isinstance(extensions, dict) else None
+    broker = getattr(state, "broker", None)
+    if worker.cfg.workers > 1 and isinstance(broker, MemoryBroker):
+        worker.log.warning(
+            "flask-eventstream: %d workers each run their own memory broker, so an "
+            "event published in one worker misses the pages of the others; set "
+            "EVENTSTREAM_BROKER_URL to a Redis URL, or run one worker",
+            worker.cfg.workers,
+        )

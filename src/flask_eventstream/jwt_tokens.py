@@ -8,17 +8,21 @@ token must carry ``exp``, and grants channels by either claim:
 - ``{"mercure": {"subscribe": ["chat", "user:42"]}}``, as Mercure hubs read it;
 - ``{"channels": ["chat", "user:42"]}``.
 
-``"*"`` in the list grants every channel. An expired or forged token gets 401, a
-channel the token does not grant gets 403, before any stream byte.
+``"*"`` in the list grants every channel; a single string (``{"channels": "*"}``,
+``{"channels": "chat"}``) is read as a list of one. An expired or forged token
+gets 401, a channel the token does not grant gets 403, before any stream byte.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["JWTVerifier"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ class JWTVerifier:
             return 401, "the subscribe token has expired; get a new one"
         except jwt.InvalidTokenError:
             return 401, "the subscribe token is invalid (not a JWT signed with our key)"
+        except Exception:
+            # A key that does not fit the token's algorithm (PyJWT's
+            # InvalidKeyError for an HS256 token checked with an RSA public key)
+            # or a crypto library's error: a token that fails to verify is refused.
+            logger.debug("subscribe token could not be verified", exc_info=True)
+            return 401, "the subscribe token is invalid (not a JWT signed with our key)"
         granted = _granted(claims)
         for channel in channels:
             if "*" not in granted and channel not in granted:
@@ -70,6 +80,8 @@ def _granted(claims: Any) -> frozenset[str]:
     names = mercure.get("subscribe") if isinstance(mercure, dict) else None
     if names is None and isinstance(claims, dict):
         names = claims.get("channels")
+    if isinstance(names, str):
+        return frozenset([names])  # "*" or one channel, as written without a list
     if not isinstance(names, list):
         return frozenset()
     return frozenset(name for name in names if isinstance(name, str))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from flask import Request, Response, request
 
 from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
+from .brokers.base import GAP_EVENT
 from .channels import validate_channel
 from .event import Event
 from .exceptions import InvalidChannel, InvalidLastEventId
@@ -40,14 +41,6 @@ __all__ = [
     "requested_last_event_id",
     "subscribe_response",
 ]
-
-#: Name of the event written first when a client resumes from an id the broker no
-#: longer has: events may have been missed. Its data is JSON:
-#: ``{"last_event_id": "<the id asked for>"}``. Listen with
-#: ``source.addEventListener("eventstream-gap", ...)`` and reload the page's state.
-#: Also written last, with ``{"last_event_id": null}``, to a client cut off for
-#: falling behind before it got any event: it has no id to resume from.
-GAP_EVENT = "eventstream-gap"
 
 # Content-Type given in full: Werkzeug then skips working out a mimetype per response.
 _HEADERS = (
@@ -271,18 +264,23 @@ def requested_channels(
 def requested_last_event_id(req: Request, max_length: int) -> str | None:
     """*req*'s ``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated.
 
+    A header that is not UTF-8 (some clients send ids as Latin-1) is kept as the
+    server read it: it names no event of ours, so the broker treats it as an
+    unknown id and the stream starts with the gap event. Refusing it would end
+    the client for good, since a client does not reconnect after a 400.
+
     :param max_length: longest value accepted, in bytes of UTF-8.
-    :raises InvalidLastEventId: for a value no conforming browser sends (C11), or
-        one longer than *max_length*.
+    :raises InvalidLastEventId: for a value no conforming client sends (NUL, CR or
+        LF), or one longer than *max_length*.
     """
     # The environ, not request.headers: the same value, one dict lookup instead
     # of a header-name translation through the headers view.
     raw = req.environ.get("HTTP_LAST_EVENT_ID")
     if raw is not None:
-        try:  # WSGI gives headers as latin-1; browsers send UTF-8 (C8).
+        try:  # WSGI gives headers as latin-1; browsers send UTF-8.
             raw = raw.encode("latin-1").decode("utf-8")
         except UnicodeError:
-            raise InvalidLastEventId("Last-Event-ID is not valid UTF-8") from None
+            pass  # not UTF-8: an id we never gave out (see above)
     else:
         raw = _first(req.args, "lastEventId")
     if not raw:

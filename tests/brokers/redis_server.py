@@ -39,11 +39,14 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 and a unix socket in *workdir*."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = redis_server_binary()
         self.workdir = workdir
         self.port = port or free_port()
         self.socket_path = workdir / "redis.sock"
+        self.args = args  # more command-line options (``--replicaof``, ...)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +74,7 @@ class RedisServer:
                 "--unixsocketperm", "700",
                 "--dir", str(self.workdir),
                 "--logfile", str(self.workdir / "redis.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

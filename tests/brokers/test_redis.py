@@ -8,6 +8,7 @@ an unpersisted Redis would.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_eventstream import BrokerUnavailable, Event, EventStream
+from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event, EventStream
 from flask_eventstream.brokers.redis import RedisBroker
 from flask_eventstream.stream import HEARTBEAT
 
@@ -175,8 +176,9 @@ class TestConnections:
         redis_server: RedisServer,
         make_redis_broker: Callable[[str], RedisBroker],
     ) -> None:
-        """Closed subscriptions leave no key but the channels' history; a closed
-        broker leaves no connection; the listener thread ends."""
+        """Closed subscriptions leave no key but the channels' history, the last id
+        given out and the store's epoch; a closed broker leaves no connection;
+        the listener thread ends."""
         threads = _listener_threads()
         broker = make_redis_broker(redis_server.url)
         subs = [broker.subscribe([f"c{n % 3}"]) for n in range(30)]
@@ -186,7 +188,11 @@ class TestConnections:
             sub.close()
         assert broker.subscriber_count() == 0
         prefix = broker.key("")[: -len("{}")]
-        kept = {f"{prefix}{{c0}}".encode(), f"{prefix}last-id".encode()}
+        kept = {
+            f"{prefix}{{c0}}".encode(),
+            f"{prefix}last-id".encode(),
+            f"{prefix}epoch".encode(),
+        }
         with redis_server.client() as client:
             # The listener removes this process's counts (<prefix>stats:...) when it
             # next wakes: within one XREAD block (5 s).
@@ -405,7 +411,8 @@ class TestPublishRetry:
         # of a stored attempt sends.
         tokens = iter(["attempt-a", "attempt-b", "attempt-a", "attempt-c"])
         monkeypatch.setattr(
-            "flask_eventstream.brokers.redis.secrets.token_hex", lambda n: next(tokens)
+            "flask_eventstream.brokers.redis._publish.secrets.token_hex",
+            lambda n: next(tokens),
         )
         first = broker.publish("r", Event("once"))
         broker.publish("r", Event("other"))  # another publisher in between
@@ -438,7 +445,7 @@ class TestRedisDown:
         with pytest.raises(BrokerUnavailable, match="unavailable.*not published"):
             broker.publish("c", Event("down"))
 
-    def test_streams_survive_a_restart_and_miss_nothing(
+    def test_streams_survive_a_restart_and_are_told_of_the_gap(
         self,
         own_redis_server: RedisServer,
         make_app: Callable[[str], tuple[Flask, EventStream]],
@@ -446,8 +453,9 @@ class TestRedisDown:
         open_stream: Callable[..., StreamClient],
     ) -> None:
         """Redis is killed and restarted (empty) under an open stream: heartbeats go
-        on, publish fails while it is down, and what another process publishes
-        while the listener reconnects arrives, once."""
+        on, publish fails while it is down, the stream gets the gap event (what
+        Redis accepted before it died may be lost), and what another process
+        publishes while the listener reconnects arrives, once."""
         app, events = make_app(own_redis_server.url)
         prefix = app.config["EVENTSTREAM_REDIS_PREFIX"]
         client = open_stream(f"{serve(app).url}/stream?channel=c")
@@ -462,10 +470,13 @@ class TestRedisDown:
             client.read_until(lambda c: c.raw.count(HEARTBEAT) >= beats + 2)
             own_redis_server.start()
             publish_from_subprocess(own_redis_server.url, prefix, "c", "two")
-            client.read_events(2, timeout=15)
+            client.read_events(3, timeout=15)
             events.publish("three", channel="c")
-            client.read_events(3)
-        assert [e.data for e in client.events] == ["one", "two", "three"]
+            client.read_events(4)
+        one, gap, two, three = client.events
+        assert (one.data, two.data, three.data) == ("one", "two", "three")
+        assert gap.event == GAP_EVENT
+        assert json.loads(gap.data)["channel"] == "c"
 
     def test_subscribe_while_down_gets_live_events_after(
         self,

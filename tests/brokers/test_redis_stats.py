@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from flask_eventstream import Event, EventStream, metrics
+from flask_eventstream import GAP_EVENT, Event, EventStream, metrics
 from flask_eventstream.brokers.redis import RedisBroker
 from flask_eventstream.cli import eventstream
 from flask_eventstream.signals import broker_reconnected
@@ -198,9 +198,10 @@ class TestReconnects:
         make_broker: MakeBroker,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """Kill Redis under a subscription: one warning; start it again: one INFO,
-        one ``broker_reconnected`` (sender: the broker), the metric counts one
-        (once, though two apps share the broker), events flow again."""
+        """Kill Redis under a subscription: one warning; start it again (empty): one
+        INFO, one ``broker_reconnected`` (sender: the broker), the metric counts
+        one (once, though two apps share the broker), one warning that entries
+        were lost, the gap event, and events flow again."""
         caplog.set_level(logging.DEBUG, logger="flask_eventstream.brokers.redis")
         broker = make_broker(own_redis_server.url)
         registry = CollectorRegistry()
@@ -221,11 +222,14 @@ class TestReconnects:
             own_redis_server.start()
             wait_for(lambda: senders == [broker], timeout=15)
             after = broker.publish("c", Event("after"))
-            assert [e.id for e in reader.read(1, timeout=15)] == [after.id]
+            gap, event = reader.read(2, timeout=15)
+            assert gap.event == GAP_EVENT and event.id == after.id
 
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         infos = [r for r in caplog.records if "reconnected to" in r.getMessage()]
-        assert len(warnings) == 1 and "lost its connection" in warnings[0].message
+        assert len(warnings) == 2
+        assert "lost its connection" in warnings[0].message
+        assert "lost entries" in warnings[1].message
         assert len(infos) == 1 and infos[0].levelno == logging.INFO
         reconnects = registry.get_sample_value("eventstream_broker_reconnects_total")
         assert reconnects == 1
@@ -250,4 +254,4 @@ class TestReconnects:
             own_redis_server.start()
             wait_for(lambda: "receiver failed" in caplog.text, timeout=15)
             after = broker.publish("c", Event("after"))
-            assert [e.id for e in reader.read(1, timeout=15)] == [after.id]
+            assert reader.read(2, timeout=15)[1].id == after.id

@@ -1,8 +1,8 @@
 """A small app for tests that run it under a real server process (gunicorn, nginx).
 
 Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15),
-``EVENTSTREAM_BROKER_URL`` (default ``memory://``) and ``EVENTSTREAM_BUFFER``
-(default 1000).
+``EVENTSTREAM_BROKER_URL`` (default ``memory://``), and, when set,
+``EVENTSTREAM_REDIS_PREFIX``, ``EVENTSTREAM_HISTORY`` and ``EVENTSTREAM_BUFFER``.
 
 - ``GET /stream?channel=...``: the extension's stream endpoint;
 - ``POST /publish?channel=...``: publishes the request body as the data of an event,
@@ -35,7 +35,9 @@ app.config["EVENTSTREAM_HEARTBEAT"] = float(
 app.config["EVENTSTREAM_BROKER_URL"] = os.environ.get(
     "EVENTSTREAM_BROKER_URL", "memory://"
 )
-app.config["EVENTSTREAM_BUFFER"] = int(os.environ.get("EVENTSTREAM_BUFFER", "1000"))
+for name in ("EVENTSTREAM_REDIS_PREFIX", "EVENTSTREAM_HISTORY", "EVENTSTREAM_BUFFER"):
+    if name in os.environ:
+        app.config[name] = os.environ[name]
 events = EventStream(app)
 
 

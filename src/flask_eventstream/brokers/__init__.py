@@ -2,7 +2,8 @@
 
 :func:`from_url` picks one from ``EVENTSTREAM_BROKER_URL``: ``memory://`` (the
 default, in-process) or ``redis://``, ``rediss://``, ``unix://``, ``valkey://``,
-``valkeys://`` (the Redis broker, ``pip install flask-eventstream[redis]``).
+``valkeys://`` and, for a primary watched by Sentinel, ``redis+sentinel://``
+(the Redis broker, ``pip install flask-eventstream[redis]``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from .memory import MemoryBroker
 
 __all__ = ["Broker", "Fanout", "MemoryBroker", "Subscription", "from_url"]
 
-_REDIS_SCHEMES = {"redis", "rediss", "unix", "valkey", "valkeys"}
+_REDIS_SCHEMES = {
+    *("redis", "rediss", "unix", "valkey", "valkeys"),
+    *("redis+sentinel", "rediss+sentinel", "valkey+sentinel", "valkeys+sentinel"),
+}
 
 
 def from_url(url: str, **options: Any) -> Broker:
@@ -32,5 +36,5 @@ def from_url(url: str, **options: Any) -> Broker:
         return RedisBroker.from_url(url, **options)
     raise ValueError(
         f"unsupported EVENTSTREAM_BROKER_URL {url!r}: use memory:// or "
-        "redis://, rediss://, unix://, valkey://"
+        "redis://, rediss://, unix://, valkey://, redis+sentinel://"
     )

@@ -31,7 +31,7 @@ from ..event import Event, encode_comment
 if TYPE_CHECKING:
     from gevent.hub import Hub, Waiter
 
-__all__ = ["Broker", "Fanout", "Subscription", "end_all_streams"]
+__all__ = ["GAP_EVENT", "Broker", "Fanout", "Subscription", "end_all_streams"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ WRITE_SIZE = 64 * 1024
 #: keeps up must not be cut off for it (1 MiB cut off all 100 readers of 8 KiB
 #: events at 500/s on the Redis broker).
 BUFFER_BYTES = 8 * 1024 * 1024
+
+#: Name of the event that tells a subscriber it may have missed events: at the start
+#: of a stream that resumed from an id the broker cannot vouch for, or in an open
+#: stream when the broker lost track of a channel (its data is JSON and names the
+#: channel). It has no ``id:`` field, so it never moves the client's last event id.
+#: Listen with ``source.addEventListener("eventstream-gap", ...)`` and reload the
+#: page's state. Also written last, with ``{"last_event_id": null}``, to a client
+#: cut off for falling behind before it got any event: it has no id to resume from.
+GAP_EVENT = "eventstream-gap"
 
 _NEVER = math.inf
 #: Shortest interval between two rounds of the heartbeat ticker, in seconds.
@@ -503,6 +512,8 @@ class Fanout:
         self.buffer_bytes = buffer_bytes
         self.on_drop = on_drop
         self._by_channel: dict[str, set[Subscription]] = {}
+        # Subscriptions that skip events up to a position (see subscribe); rare.
+        self._floors: dict[Subscription, Any] = {}
         self._closed = False
         self._yielding = False  # a yield to the readers is queued (call_after)
         self._ticker: threading.Thread | None = None
@@ -517,8 +528,14 @@ class Fanout:
         backlog: Iterable[bytes] = (),
         *,
         missed: bool = False,
+        after: Any = None,
     ) -> Subscription:
-        """Register a subscription, *backlog* queued first. Call under the lock."""
+        """Register a subscription, *backlog* queued first. Call under the lock.
+
+        :param after: a position (comparable with the ``order`` given to
+            :meth:`deliver`): events at or before it are not queued for this
+            subscription. For a resume whose backlog could not be read.
+        """
         sub = Subscription(self, channels, missed=missed)
         for chunk in backlog:
             sub._pending.append(chunk)
@@ -531,17 +548,25 @@ class Fanout:
             return sub
         for channel in sub.channels:
             self._by_channel.setdefault(channel, set()).add(sub)
+        if after is not None:
+            self._floors[sub] = after
         return sub
 
-    def deliver(self, channel: str, chunk: bytes) -> None:
+    def deliver(self, channel: str, chunk: bytes, order: Any = None) -> None:
         """Queue *chunk* for every subscriber of *channel*. Call under the lock.
 
         Subscribers too far behind are cut off; :attr:`on_drop` hears of each once
         the lock is released.
+
+        :param order: the event's position, if the broker knows one: a subscriber
+            registered with ``after`` at or past it skips the event.
         """
         subs = self._by_channel.get(channel)
         if not subs:
             return
+        if self._floors and order is not None:
+            floors = self._floors
+            subs = {sub for sub in subs if sub not in floors or floors[sub] < order}
         buffer, buffer_bytes = self.buffer, self.buffer_bytes
         now = time.monotonic()
         dropped: list[Subscription] = []
@@ -571,6 +596,18 @@ class Fanout:
         self._yielding = False
         _let_readers_run()
 
+    def notify(self, channels: Iterable[str], chunk: bytes) -> None:
+        """Queue *chunk* once for every subscriber of any of *channels* (a gap
+        event). Call under the lock."""
+        subs = {sub for name in channels for sub in self._by_channel.get(name, ())}
+        for sub in subs:
+            if not sub._ended:  # never cut off for a notice
+                sub._pending.append(chunk)
+                sub._size += len(chunk)
+                if not sub._woken:
+                    sub._woken_at = time.monotonic()
+                    sub._wake()
+
     def remove(self, sub: Subscription) -> None:
         """Unsubscribe *sub* and end it. Takes the lock."""
         with self.lock:
@@ -588,6 +625,7 @@ class Fanout:
             self._closed = self._closed or close
             subs = {sub for group in self._by_channel.values() for sub in group}
             self._by_channel.clear()
+            self._floors.clear()
             for sub in subs:
                 sub._end(last)
             return len(subs)
@@ -609,6 +647,7 @@ class Fanout:
             return len({sub for group in self._by_channel.values() for sub in group})
 
     def _discard(self, sub: Subscription) -> None:
+        self._floors.pop(sub, None)
         for channel in sub.channels:
             group = self._by_channel.get(channel)
             if group is not None:
@@ -678,10 +717,16 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(
+        self, channel: str, event: Event, *, idempotency_key: str | None = None
+    ) -> Event:
         """Store and deliver *event*; return it as sent (with its id).
 
-        :raises BrokerUnavailable: if the event could not be accepted.
+        :param idempotency_key: a publish with a key that *channel* already
+            stored returns the stored event and sends nothing again, so a publish
+            whose outcome was unknown can be retried without a duplicate.
+        :raises BrokerUnavailable: if the event was not accepted.
+        :raises PublishUncertain: if it is not known whether it was.
         """
 
     @abstractmethod

@@ -5,7 +5,8 @@ at the current time in microseconds. Ids the broker assigns are that number, so 
 increase per channel (and across channels, which lets one ``Last-Event-ID`` resume
 a multi-channel stream), and a restarted process hands out larger ids than the one
 before it, so an id from before a restart is recognised as unknown, not mistaken
-for a recent one.
+for a recent one. An id above any given out is unknown too; it replays nothing
+(nothing is newer than it) and never changes what other subscribers get.
 """
 
 from __future__ import annotations
@@ -25,25 +26,36 @@ __all__ = ["MemoryBroker"]
 class _Entry(NamedTuple):
     seq: int
     event: Event
+    key: str | None = None
 
 
 class _Channel:
     """Retained events of one channel, oldest first.
 
     ``floor``: every event of this channel with a sequence number above it is still
-    retained. Resuming from below the floor means events were missed.
+    retained. Resuming from below the floor means events were missed. ``keys``:
+    the retained events published with an idempotency key, by key.
     """
 
-    __slots__ = ("history", "floor")
+    __slots__ = ("history", "floor", "keys")
 
     def __init__(self, history: int, floor: int) -> None:
         self.history: deque[_Entry] = deque(maxlen=history)
         self.floor = floor
+        self.keys: dict[str, _Entry] = {}
 
     def append(self, entry: _Entry) -> None:
         if self.history.maxlen == len(self.history):
-            self.floor = self.history[0].seq if self.history else entry.seq
+            if self.history:
+                oldest = self.history[0]
+                self.floor = oldest.seq
+                if oldest.key is not None:
+                    self.keys.pop(oldest.key, None)
+            else:
+                self.floor = entry.seq
         self.history.append(entry)
+        if entry.key is not None and self.history.maxlen:
+            self.keys[entry.key] = entry
 
 
 class MemoryBroker(Broker):
@@ -89,12 +101,23 @@ class MemoryBroker(Broker):
     def fanout(self) -> Fanout:
         return self._fanout
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(
+        self, channel: str, event: Event, *, idempotency_key: str | None = None
+    ) -> Event:
+        """Store and deliver *event*; return it with its id.
+
+        :param idempotency_key: if an event published with this key is still in
+            *channel*'s history, that event is returned and nothing is sent again.
+        """
         with self._fanout.lock:
+            stored = self._channels.get(channel)
+            if idempotency_key is not None and stored is not None:
+                known = stored.keys.get(idempotency_key)
+                if known is not None:
+                    return known.event
             self._seq += 1
             if event.id is None:
                 event = replace(event, id=str(self._seq))
-            stored = self._channels.get(channel)
             if stored is None:
                 stored = self._channels[channel] = _Channel(
                     self._history, self._forgotten
@@ -103,7 +126,7 @@ class MemoryBroker(Broker):
                     self._forget_oldest_channel()
             else:
                 self._channels.move_to_end(channel)
-            stored.append(_Entry(self._seq, event))
+            stored.append(_Entry(self._seq, event, idempotency_key))
             self._fanout.deliver(channel, event.encode())
         return event
 
@@ -114,7 +137,8 @@ class MemoryBroker(Broker):
             backlog: list[_Entry] = []
             missed = False
             if last_event_id:
-                after = self._resolve(channels, last_event_id)
+                after, known = self._resolve(channels, last_event_id)
+                missed = not known
                 for name in dict.fromkeys(channels):
                     stored = self._channels.get(name)
                     floor = stored.floor if stored is not None else self._forgotten
@@ -135,8 +159,16 @@ class MemoryBroker(Broker):
         else:
             self._forgotten = max(self._forgotten, oldest.floor)
 
-    def _resolve(self, channels: Sequence[str], last_event_id: str) -> int | None:
-        """The sequence number *last_event_id* stands for, or ``None`` if unknown."""
+    def _resolve(
+        self, channels: Sequence[str], last_event_id: str
+    ) -> tuple[int | None, bool]:
+        """The sequence number *last_event_id* stands for (``None``: it names
+        none), and whether it is one this broker gave out.
+
+        A number above any given out (a client's invention, or a clock gone
+        back) is a position, so that nothing at or before it is replayed, but
+        not a known one: the subscriber is told it may have missed events.
+        """
         found = [
             entry.seq
             for name in channels
@@ -145,12 +177,11 @@ class MemoryBroker(Broker):
             if entry.event.id == last_event_id
         ]
         if found:
-            return max(found)
+            return max(found), True
         if last_event_id.isascii() and last_event_id.isdigit():
             seq = int(last_event_id)
-            if seq <= self._seq:
-                return seq
-        return None
+            return seq, seq <= self._seq
+        return None, False
 
     def close(self) -> None:
         self._fanout.end_all()
