@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Subscription
 from .event import Event, encode_comment
 from .sockets import connection_lost
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["HEARTBEAT", "SourceStream", "SubscriptionStream"]
 
