@@ -40,7 +40,7 @@ install-bench: $(BIN)/python system-deps
 bench: install-bench
 	$(BIN)/python -m benchmarks.run --quick
 
-## make bench-full: the sizes of issue 5 (10,000 streams, 1,000 x 200 fan-out)
+## make bench-full: the full sizes (10,000 streams, 1,000 x 200 fan-out)
 bench-full: install-bench
 	$(BIN)/python -m benchmarks.run --full
 

@@ -9,7 +9,7 @@ Servers (each started fresh, one worker process):
 
 - ``ours-memory``: flask-eventstream, memory broker, gunicorn ``-k gevent`` with
   ``--config python:flask_eventstream.gunicorn`` (as ``docs/deploying.md`` says);
-- ``ours-redis``: the same with the Redis broker (when ``brokers/redis.py`` exists);
+- ``ours-redis``: the same with the Redis broker;
 - ``flask-sse``: Flask-SSE 1.0.0 + Redis, gunicorn ``-k gevent``;
 - ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast;
 - ``wsgi-floor`` and ``flask-floor``: not peers but references, ``idle`` and
@@ -838,10 +838,9 @@ _UVICORN_SCENARIOS = ("idle", "fanout-burst", "fanout-50/s", "churn", "stalled")
 
 
 def _targets(only: list[str] | None) -> list[Target]:
-    targets = [Target("ours-memory", "ours", "memory")]
-    if (ROOT / "src" / "flask_eventstream" / "brokers" / "redis.py").exists():
-        targets.append(Target("ours-redis", "ours", "redis"))
-    targets += [
+    targets = [
+        Target("ours-memory", "ours", "memory"),
+        Target("ours-redis", "ours", "redis"),
         Target("flask-sse", "flask-sse"),
         Target("sse-starlette", "starlette", scenarios=_UVICORN_SCENARIOS),
     ]

@@ -1,4 +1,4 @@
-"""CORS for cross-origin EventSource (cors.py; SSE-RULES S14, C15, C16)."""
+"""CORS for cross-origin EventSource (cors.py; docs/protocol.md: S14, C15, C16)."""
 
 from __future__ import annotations
 

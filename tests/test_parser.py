@@ -1,6 +1,6 @@
 """EventParser against the WHATWG standard and web-platform-tests' eventsource tests.
 
-Cases cite the rules of ``SSE-RULES.md`` (F = format, D = where suites disagree) and
+Cases cite the rules of ``docs/protocol.md`` (F = format, D = where suites disagree) and
 the WPT file they come from. Every table case is also fed byte by byte and cut in two
 at every position: chunk boundaries must never change the result (F5, F3).
 """

@@ -1,4 +1,4 @@
-"""The seed's first answer, without Redis: a chat pushed to every open page.
+"""A chat pushed to every open page, without Redis.
 
 A form POSTs to ``/post``; the user name comes from the session; messages are
 time-stamped and published to the ``chat`` channel; every open page shows them

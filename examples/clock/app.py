@@ -1,4 +1,4 @@
-"""The seed's second answer, fixed: a clock streamed from a generator.
+"""A clock streamed from a generator, with heartbeats and clean-up.
 
 The answer writes ``'data: {}\\n\\n'.format(get_message())`` in an endless
 generator and returns it as a ``Response``. That works for ``time.ctime()`` but:

@@ -1,4 +1,4 @@
-"""The seed's third answer (Flask-SSE), without Redis and without its flaws.
+"""Typed JSON events, Flask-SSE style, without Redis and without Flask-SSE's flaws.
 
 Flask-SSE needs a Redis server, and its ``/send`` is a ``GET``: any page, link
 prefetcher or crawler can trigger it. Its encoder splits data with

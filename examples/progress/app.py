@@ -1,4 +1,4 @@
-"""The seed's fourth answer, fixed: a live progress bar and a time display.
+"""A live progress bar and a time display, with no Redis and no shared queue.
 
 The answer (pyFlaskBootstrap4's ``sse_bp.py``) feeds a page from a function
 (``streamFunc(getTimeEvent)``) and from a ``PubSub`` class. Its flaws: one
@@ -43,7 +43,7 @@ events = EventStream(app)
 
 
 def current_time() -> str:
-    """The UTC time, after a second's wait: the seed's ``getTimeEvent``."""
+    """The UTC time, after a second's wait: a blocking call, made again and again."""
     time.sleep(1.0)
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -88,5 +88,5 @@ def start() -> tuple[dict[str, Any] | str, int]:
 
 @app.get("/time")
 def time_feed() -> Response:
-    # ?limit=N ends the stream after N readings (the seed's streamFunc limit).
+    # ?limit=N ends the stream after N readings (for tests and demos).
     return events.stream(current_time, limit=request.args.get("limit", type=int))

@@ -1,4 +1,4 @@
-"""CORS for cross-origin ``EventSource`` (SSE-RULES S14, C15, C16).
+"""CORS for cross-origin ``EventSource`` (``docs/protocol.md``: S14, C15, C16).
 
 Off unless ``EVENTSTREAM_CORS_ORIGINS`` names origins: a page on another origin then
 cannot read the stream (the browser blocks it). When on, only a listed origin is

@@ -1,7 +1,8 @@
 """The :class:`Event` value object and its exact wire form.
 
-Follows the WHATWG HTML standard, "Server-sent events" (rules cited as in
-``SSE-RULES.md``: F = format, S = server duties). Knows nothing of Flask or brokers.
+Follows the WHATWG HTML standard, "Server-sent events" (rules cited by their codes
+in ``docs/protocol.md``: F = format, S = server duties). Knows nothing of Flask or
+brokers.
 """
 
 from __future__ import annotations

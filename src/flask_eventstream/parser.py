@@ -1,8 +1,9 @@
 """The incremental event-stream decoder of the WHATWG HTML standard.
 
 "Server-sent events", *parsing an event stream* and *interpreting an event stream*,
-followed to the letter (rules cited as in ``SSE-RULES.md``). Bytes go in, finished
-:class:`~flask_eventstream.Event` objects come out; no I/O, no Flask.
+followed to the letter (rules cited by their codes in ``docs/protocol.md``). Bytes
+go in, finished :class:`~flask_eventstream.Event` objects come out; no I/O, no
+Flask.
 
 Deliberate choices where the standard leaves room:
 
@@ -62,7 +63,7 @@ class EventParser:
     def buffered(self) -> int:
         """Characters held for the event being read: its unfinished line and the
         data lines so far (each with its line feed). A client caps this to refuse
-        a stream that never finishes an event (SSE-RULES O11)."""
+        a stream that never finishes an event (O11)."""
         return len(self._line) + sum(len(line) + 1 for line in self._data)
 
     def feed(self, chunk: bytes) -> list[Event]:

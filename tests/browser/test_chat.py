@@ -1,7 +1,7 @@
 """The chat example in Chromium: every open page shows every message, once.
 
 ``EVENTSTREAM_RETRY=500`` makes the browser reconnect after 0.5 s instead of its
-default 3 s (SSE-RULES C10, O7), which keeps the reconnection test short.
+default 3 s (docs/protocol.md: C10, O7), which keeps the reconnection test short.
 """
 
 from __future__ import annotations
