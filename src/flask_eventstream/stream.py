@@ -2,11 +2,11 @@
 
 A WSGI server notices a gone client only when a write fails, and then calls the
 body's ``close()`` (PEP 3333). So every body here writes a heartbeat comment when
-it has written nothing for ``heartbeat`` seconds (SSE-RULES O4, O9), the first
-within one heartbeat of the stream opening: a closed connection is found, and
-its subscription removed, within one heartbeat, with no publish needed. A client
-that vanished without closing is found once the kernel gives its connection up
-(:mod:`flask_eventstream.sockets`).
+it has written nothing for ``heartbeat`` seconds (``docs/protocol.md`` O4, O9),
+the first within one heartbeat of the stream opening: a closed connection is
+found, and its subscription removed, within one heartbeat, with no publish
+needed. A client that vanished without closing is found once the kernel gives
+its connection up (:mod:`flask_eventstream.sockets`).
 """
 
 from __future__ import annotations
