@@ -1,7 +1,7 @@
 """Runs every scenario against every server, side by side, and writes the results.
 
 Usage: ``python -m benchmarks.run --quick`` (``make bench``, about 10 minutes on
-2 cores) or ``--full`` (``make bench-full``, the sizes of issue 5). Writes
+2 cores) or ``--full`` (``make bench-full``, the full sizes). Writes
 ``benchmarks/results/<date>-<quick|full>.md`` (a Markdown table with ratios to
 Flask-SSE, versions, machine) and a ``.png`` chart beside it.
 
@@ -908,7 +908,7 @@ def _median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="issue 5 sizes")
+    parser.add_argument("--full", action="store_true", help="the full sizes")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (default)")
     parser.add_argument("--only", nargs="*", help="targets to run")
     parser.add_argument("--scenarios", nargs="*", help="scenarios to run")

@@ -4,7 +4,7 @@ Everything here runs before the first stream byte, so every refusal is a plain
 HTTP answer a client can read: 400 for a malformed request, 401/403 from
 :mod:`~flask_eventstream.auth`, 503 with ``Retry-After`` when the process already
 holds its maximum of open streams. Browsers do not reconnect after any of these
-(SSE-RULES C5, C12): a page that wants to retry must do so itself.
+(``docs/protocol.md``: C5, C12): a page that wants to retry must do so itself.
 """
 
 from __future__ import annotations
