@@ -10,7 +10,8 @@
 
 :class:`AsyncEventSource` does the same with ``async with`` and ``async for``. Both
 stream with httpx (``pip install 'flask-eventstream[client]'``) and decode with
-:class:`~flask_eventstream.EventParser`. Rules are cited by their codes in ``docs/protocol.md``.
+:class:`~flask_eventstream.EventParser`. Rules are cited by their codes in
+``docs/protocol.md``.
 
 What a connection does:
 
