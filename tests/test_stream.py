@@ -433,3 +433,37 @@ def read_raw_until(sock: socket.socket, marker: bytes, timeout: float = 5) -> by
         assert time.monotonic() < deadline, data
         data += sock.recv(65536)
     return data
+
+
+class TestHeartbeatEvent:
+    """``EVENTSTREAM_HEARTBEAT_EVENT``: no comment on the wire, a no-op event."""
+
+    def test_heartbeats_and_the_first_bytes_are_the_named_event(
+        self, serve: Callable[[Flask], LiveServer], open_stream: OpenStream
+    ) -> None:
+        app = Flask(__name__)
+        app.config.update(EVENTSTREAM_HEARTBEAT=0.3, EVENTSTREAM_HEARTBEAT_EVENT="ping")
+        events = EventStream(app)
+
+        @app.get("/ticks")
+        def ticks() -> object:
+            def slow() -> Iterator[str]:
+                time.sleep(1.0)
+                yield "tick"
+
+            return events.stream(slow())
+
+        base = serve(app).url
+        for path in ("/stream/hb", "/ticks"):
+            client = open_stream(f"{base}{path}")
+            client.read_until(lambda c: len(c.events) >= 3)
+            assert bytes(client.raw).startswith(b"event: ping\ndata: \n\n")
+            assert not [line for line in client.raw.split(b"\n") if line[:1] == b":"]
+            assert {(e.event, e.data) for e in client.events[:3]} == {("ping", "")}
+
+    @pytest.mark.parametrize("value", ["message", "", "a\nb", 3])
+    def test_a_type_that_pages_would_see_is_refused(self, value: object) -> None:
+        app = Flask(__name__)
+        app.config["EVENTSTREAM_HEARTBEAT_EVENT"] = value
+        with pytest.raises(ValueError, match="EVENTSTREAM_HEARTBEAT_EVENT|event"):
+            EventStream(app)

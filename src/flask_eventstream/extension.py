@@ -24,7 +24,7 @@ from .exceptions import InvalidEvent
 from .jwt_tokens import JWTVerifier
 from .signals import event_published, subscriber_dropped
 from .sockets import bound_dead_client, client_socket, client_timeout
-from .stream import SourceStream, event_from_item
+from .stream import HEARTBEAT, SourceStream, event_from_item
 from .views import (
     GAP_EVENT,
     CountedBody,
@@ -53,6 +53,7 @@ _DEFAULTS: dict[str, Any] = {
     "EVENTSTREAM_DEFAULT_CHANNEL": "sse",
     "EVENTSTREAM_HEARTBEAT": 15.0,
     "EVENTSTREAM_CLIENT_TIMEOUT": None,
+    "EVENTSTREAM_HEARTBEAT_EVENT": None,
     "EVENTSTREAM_HISTORY": 1000,
     "EVENTSTREAM_BUFFER": 1000,
     "EVENTSTREAM_BUFFER_BYTES": 8 * 1024 * 1024,
@@ -77,6 +78,7 @@ class _State:
 
     broker: brokers.Broker
     heartbeat: float
+    heartbeat_event: str | None
     client_timeout: float
     default_channel: str
     retry: int | None
@@ -96,7 +98,16 @@ class _State:
         """
         if self.retry is not None:
             return f"retry: {self.retry}\n\n".encode()
+        if self.heartbeat_event is not None:
+            return self.heartbeat_chunk
         return encode_comment("stream open")
+
+    @cached_property
+    def heartbeat_chunk(self) -> bytes:
+        """What an idle stream writes: a comment, or the named no-op event."""
+        if self.heartbeat_event is None:
+            return HEARTBEAT
+        return Event("", event=self.heartbeat_event).encode()
 
     @cached_property
     def cut_off_gap(self) -> bytes:
@@ -158,6 +169,10 @@ class EventStream:
             given up (``TCP_USER_TIMEOUT``; see :mod:`flask_eventstream.sockets`).
             ``None``: half the heartbeat, at least 1 s, so a client that vanished
             is freed within two heartbeats.
+        ``EVENTSTREAM_HEARTBEAT_EVENT`` (``None``)
+            Send heartbeats (and the stream's first bytes) as an event of this
+            type with empty data instead of a comment, for clients that turn
+            comments into empty messages; pages ignore it unless they listen.
         ``EVENTSTREAM_HISTORY`` (``1000``)
             Events kept per channel for replay by ``Last-Event-ID``.
         ``EVENTSTREAM_BUFFER`` (``1000``)
@@ -231,6 +246,9 @@ class EventStream:
         app.extensions["eventstream"] = _State(
             broker=broker,
             heartbeat=heartbeat,
+            heartbeat_event=_checked_heartbeat_event(
+                config["EVENTSTREAM_HEARTBEAT_EVENT"]
+            ),
             client_timeout=client_timeout(
                 heartbeat, config["EVENTSTREAM_CLIENT_TIMEOUT"]
             ),
@@ -433,6 +451,7 @@ class EventStream:
                 items,
                 encode=encode,
                 heartbeat=state.heartbeat,
+                heartbeat_chunk=state.heartbeat_chunk,
                 preamble=state.preamble,
                 context=context,
             )
@@ -489,6 +508,20 @@ def current_or_only_app(apps: Iterable[Flask], serving: str) -> Flask:
         f"no application context, and {serving} {len(known)} apps: "
         "say which one with 'with app.app_context():'"
     )
+
+
+def _checked_heartbeat_event(value: Any) -> str | None:
+    """``EVENTSTREAM_HEARTBEAT_EVENT``: an event type, never ``message`` (which
+    would fire every page's ``onmessage``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or value == "message":
+        raise ValueError(
+            "EVENTSTREAM_HEARTBEAT_EVENT must be an event type other than "
+            f"'message' (pages ignore it unless they listen for it), got {value!r}"
+        )
+    Event(event=value)  # no CR or LF
+    return value
 
 
 def _checked_retry(value: Any) -> int | None:

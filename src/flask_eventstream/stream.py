@@ -45,9 +45,17 @@ class SubscriptionStream:
         could not replay what it lost, and is told so instead.
     :param sock: the client socket, if the server exposes it: before each
         heartbeat the stream ends if the kernel gave the connection up.
+    :param heartbeat_chunk: what an idle stream writes (a comment by default).
     """
 
-    __slots__ = ("_subscription", "_heartbeat", "_first", "_gap", "_socket")
+    __slots__ = (
+        "_subscription",
+        "_heartbeat",
+        "_heartbeat_chunk",
+        "_first",
+        "_gap",
+        "_socket",
+    )
 
     def __init__(
         self,
@@ -57,9 +65,11 @@ class SubscriptionStream:
         preamble: bytes,
         gap: bytes = b"",
         sock: socket.socket | None = None,
+        heartbeat_chunk: bytes = HEARTBEAT,
     ) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
+        self._heartbeat_chunk = heartbeat_chunk
         self._first: bytes | None = preamble
         self._gap = gap
         self._socket = sock
@@ -82,7 +92,7 @@ class SubscriptionStream:
             return chunk
         if self._socket is not None and connection_lost(self._socket):
             raise StopIteration
-        return HEARTBEAT
+        return self._heartbeat_chunk
 
     def close(self) -> None:
         self._subscription.close()
@@ -101,6 +111,7 @@ class SourceStream:
     its ``finally`` blocks run.
 
     :param source: an iterable of items; each is turned into bytes by *encode*.
+    :param heartbeat_chunk: what an idle stream writes (a comment by default).
     """
 
     def __init__(
@@ -112,9 +123,11 @@ class SourceStream:
         preamble: bytes,
         context: AbstractContextManager[Any],
         buffer: int = 64,
+        heartbeat_chunk: bytes = HEARTBEAT,
     ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=buffer)
         self._heartbeat = heartbeat
+        self._heartbeat_chunk = heartbeat_chunk
         self._first: bytes | None = preamble
         self._stop = threading.Event()
         self._done = False
@@ -138,7 +151,7 @@ class SourceStream:
         try:
             item = self._queue.get(timeout=self._heartbeat)
         except queue.Empty:
-            return HEARTBEAT
+            return self._heartbeat_chunk
         chunks: list[bytes] = []
         while True:
             if item is _END:

@@ -104,6 +104,7 @@ def subscribe_response(
     body = SubscriptionStream(
         subscription,
         heartbeat=state.heartbeat,
+        heartbeat_chunk=state.heartbeat_chunk,
         preamble=preamble,
         gap=state.cut_off_gap if last_event_id is None else b"",
         sock=sock,
