@@ -17,7 +17,7 @@ import pytest
 
 from .conftest import missing
 from .helpers import wait_for
-from .test_servers import ROOT, _free_port, _get
+from .test_servers import ROOT, _free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -47,16 +47,9 @@ class Server:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_for(self._ready, timeout=30)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {self.log.read_text()}")
-        try:
-            _get(f"http://127.0.0.1:{self.port}/count", timeout=1)
-        except OSError:
-            return False
-        return True
+        wait_until_serving(
+            self.process, f"http://127.0.0.1:{self.port}/count", self.log
+        )
 
     def text(self) -> str:
         return self.log.read_text()

@@ -49,6 +49,25 @@ def _get(url: str, timeout: float = 5.0) -> str:
         return body.decode()
 
 
+def wait_until_serving(
+    process: subprocess.Popen[bytes], url: str, log: Path | None = None
+) -> None:
+    """Wait until *url* answers (a server *process* started); fail at once if the
+    process exits, with its *log* if it has one."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            said = f": {log.read_text()}" if log is not None else ""
+            raise AssertionError(f"server exited with {process.returncode}{said}")
+        try:
+            _get(url, timeout=1)
+        except OSError:
+            return False
+        return True
+
+    wait_for(ready, timeout=30)
+
+
 def _publish(base: str, data: str, channel: str = "sse") -> str:
     request = urllib.request.Request(
         f"{base}/publish?channel={channel}", data=data.encode(), method="POST"
@@ -112,16 +131,7 @@ class Gunicorn:
         self.process = subprocess.Popen(
             [*args, "tests.live_apps.servers_app:app"], cwd=ROOT, env=env
         )
-        wait_for(self._ready, timeout=30)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}")
-        try:
-            _get(f"{self.url}/count", timeout=1)
-        except OSError:
-            return False
-        return True
+        wait_until_serving(self.process, f"{self.url}/count")
 
     def count(self) -> int:
         return int(_get(f"{self.url}/count"))

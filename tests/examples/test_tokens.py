@@ -26,7 +26,7 @@ from flask_eventstream.client import EventSource
 from ..conftest import LiveServer, missing
 from ..helpers import wait_for
 from ..test_docs_samples import code_block
-from ..test_servers import _free_port, _get
+from ..test_servers import _free_port, _get, wait_until_serving
 from .loader import EXAMPLES
 
 
@@ -158,16 +158,7 @@ class GeventServer:
             "app:app",
         ]  # fmt: skip
         self.process = subprocess.Popen(command, env=env)
-        wait_for(self._ready, timeout=30)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}")
-        try:
-            _get(f"{self.url}/", timeout=1)
-        except OSError:
-            return False
-        return True
+        wait_until_serving(self.process, f"{self.url}/")
 
     def state(self, reply: str) -> str:
         state: str = json.loads(_get(f"{self.url}/replies/{reply}"))["state"]
