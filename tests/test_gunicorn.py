@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ import pytest
 
 from .conftest import missing
 from .helpers import wait_for
-from .test_servers import ROOT, _free_port, wait_until_serving
+from .test_servers import ROOT, _free_port, stop_server, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +54,7 @@ class Server:
         return self.log.read_text()
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_server(self.process)
 
 
 @pytest.fixture

@@ -68,6 +68,18 @@ def wait_until_serving(
     wait_for(ready, timeout=30)
 
 
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server *process* and wait; SIGKILL it if it takes over 30 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def _publish(base: str, data: str, channel: str = "sse") -> str:
     request = urllib.request.Request(
         f"{base}/publish?channel={channel}", data=data.encode(), method="POST"
@@ -143,13 +155,7 @@ class Gunicorn:
         return _publish(self.url, data, channel)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_server(self.process)
 
 
 @pytest.fixture

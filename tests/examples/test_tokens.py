@@ -11,7 +11,6 @@ import http.client
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from flask_eventstream.client import EventSource
 from ..conftest import LiveServer, missing
 from ..helpers import wait_for
 from ..test_docs_samples import code_block
-from ..test_servers import _free_port, _get, wait_until_serving
+from ..test_servers import _free_port, _get, stop_server, wait_until_serving
 from .loader import EXAMPLES
 
 
@@ -165,12 +164,7 @@ class GeventServer:
         return state
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_server(self.process)
 
 
 @pytest.fixture
