@@ -350,9 +350,12 @@ class Subscription:
         self._size -= taken
         return head
 
-    def _wake(self) -> None:
+    def _wake(self, now: float) -> None:
+        """Wake the reader, unless it is woken already; *now* (monotonic) is
+        when, for :meth:`_stalled`."""
         if not self._woken:
             self._woken = True
+            self._woken_at = now
             if self._wakeup is not None:
                 self._wakeup.release()
             elif self._waiter is not None:  # parked or not: see __init__
@@ -365,14 +368,11 @@ class Subscription:
             self._size + len(chunk) > limit_bytes
             or (len(self._pending) >= limit and self._stalled(now))
         ):
-            self.cut_off = True
-            self._end(TOO_SLOW, replace=True)
+            self._cut_off()
             return False
         self._pending.append(chunk)
         self._size += len(chunk)
-        if not self._woken:
-            self._woken_at = now
-            self._wake()
+        self._wake(now)
         return True
 
     def _stalled(self, now: float) -> bool:
@@ -383,6 +383,11 @@ class Subscription:
         since = self._woken_at if self._reading else self._took_at
         return now - since >= STALL_GRACE
 
+    def _cut_off(self) -> None:
+        """End it as too slow: its queue dropped, :data:`TOO_SLOW` written last."""
+        self.cut_off = True
+        self._end(TOO_SLOW, replace=True)
+
     def _end(self, last: bytes = b"", *, replace: bool = False) -> None:
         if replace:
             self._pending = []
@@ -391,7 +396,7 @@ class Subscription:
             self._pending.append(last)
             self._size += len(last)
         self._ended = True
-        self._wake()
+        self._wake(time.monotonic())
 
     def __enter__(self) -> Subscription:
         return self
@@ -541,8 +546,7 @@ class Fanout:
             sub._pending.append(chunk)
             sub._size += len(chunk)
         if sub._pending:
-            sub._woken_at = time.monotonic()
-            sub._wake()
+            sub._wake(time.monotonic())
         if self._closed:  # shutting down: replay the backlog, then end
             sub._end(SHUTTING_DOWN)
             return sub
@@ -600,13 +604,12 @@ class Fanout:
         """Queue *chunk* once for every subscriber of any of *channels* (a gap
         event). Call under the lock."""
         subs = {sub for name in channels for sub in self._by_channel.get(name, ())}
+        now = time.monotonic()
         for sub in subs:
             if not sub._ended:  # never cut off for a notice
                 sub._pending.append(chunk)
                 sub._size += len(chunk)
-                if not sub._woken:
-                    sub._woken_at = time.monotonic()
-                    sub._wake()
+                sub._wake(now)
 
     def remove(self, sub: Subscription) -> None:
         """Unsubscribe *sub* and end it. Takes the lock."""
@@ -692,13 +695,11 @@ class Fanout:
             for group in self._by_channel.values():
                 for sub in group:
                     if sub._deadline <= due and not sub._woken:
-                        sub._woken_at = now
-                        sub._wake()
+                        sub._wake(now)
                     elif len(sub._pending) >= self.buffer and sub._stalled(now):
                         stalled.add(sub)
             for sub in stalled:
-                sub.cut_off = True
-                sub._end(TOO_SLOW, replace=True)
+                sub._cut_off()
                 self._dropped(sub)
             return True
 
