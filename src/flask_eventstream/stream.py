@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from .brokers.base import Subscription
+from .brokers import Subscription
 from .event import Event, encode_comment
 from .sockets import connection_lost
 

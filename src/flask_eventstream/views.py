@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from flask import Request, Response, request
 
 from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
-from .brokers.base import GAP_EVENT
+from .brokers import GAP_EVENT
 from .channels import validate_channel
 from .event import Event
 from .exceptions import InvalidChannel, InvalidLastEventId

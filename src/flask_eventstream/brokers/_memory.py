@@ -18,7 +18,9 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from ..event import Event
-from .base import BUFFER_BYTES, Broker, Fanout, Subscription
+from ._fanout import BUFFER_BYTES, Fanout
+from ._protocol import Broker
+from ._subscription import Subscription
 
 __all__ = ["MemoryBroker"]
 
