@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..event import encode_comment
+from .._event import encode_comment
 from ._subscription import NEVER, Subscription
 from ._wakeup import FanoutLock, let_readers_run
 

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
-from ..event import Event
+from .._event import Event
 from ._fanout import Fanout
 from ._subscription import Subscription
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..event import encode_comment
+from .._event import encode_comment
 
 if TYPE_CHECKING:
     from ._fanout import Fanout

@@ -18,7 +18,7 @@ from dataclasses import replace
 from redis import Redis
 from redis.exceptions import RedisError
 
-from ...event import Event
+from ..._event import Event
 from .._fanout import Fanout
 from .._protocol import Broker
 from .._subscription import Subscription

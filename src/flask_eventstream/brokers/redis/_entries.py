@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any, NamedTuple, cast
 
-from ...event import Event
+from ..._event import Event
 from ...exceptions import InvalidEvent
 from .._protocol import GAP_EVENT
 
