@@ -6,7 +6,9 @@ from ._channels import validate_channel
 from ._event import Event, encode_comment
 from ._extension import EventStream
 from ._parser import EventParser
-from .brokers import GAP_EVENT, Broker, MemoryBroker, Subscription, end_all_streams
+from .brokers import Broker, MemoryBroker, Subscription
+from .brokers._fanout import end_all_streams
+from .brokers._protocol import GAP_EVENT
 from .exceptions import (
     BrokerError,
     BrokerUnavailable,

@@ -21,7 +21,7 @@ from ._channels import validate_channel
 from ._event import Event
 from ._response import CountedBody, event_stream_response, over_capacity, plain_response
 from ._sockets import abort, bound_dead_client, client_socket
-from .brokers import GAP_EVENT
+from .brokers._protocol import GAP_EVENT
 from .exceptions import InvalidChannel, InvalidLastEventId
 from .signals import stream_closed, stream_opened
 

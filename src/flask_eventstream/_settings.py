@@ -22,8 +22,8 @@ from ._event import Event, encode_comment
 from ._jwt import JWTVerifier
 from ._response import StreamLimiter
 from ._sockets import client_timeout
-from .brokers import GAP_EVENT
 from .brokers._fanout import BUFFER_BYTES
+from .brokers._protocol import GAP_EVENT
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -13,13 +13,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from ..._event import Event
+from ..._event import Event, with_id
 from .._fanout import BUFFER_BYTES, Fanout
 from .._protocol import Broker
 from .._subscription import Subscription
@@ -206,7 +205,7 @@ class RedisBroker(Broker):
         raw = self._publisher.store(channel, event, idempotency_key=idempotency_key)
         self._positions.seen(parse_id(raw))
         if event.id is None:
-            event = replace(event, id=raw.decode())
+            event = with_id(event, raw.decode())
         return event
 
     def subscribe(
