@@ -24,9 +24,8 @@ broker: a page then gets only the events published in its own worker.
 
 The same hook calls :func:`gc.freeze` once the worker has loaded the app: what
 exists then (modules, the app, its config) lives as long as the worker, and
-frozen, full collections no longer walk it. With 1,000 streams at 50 events/s,
-the longest collection pause went from about 70 ms to 20-30 ms (figures in
-``docs/performance.md``); every delivery in flight waits out such a pause.
+frozen, full collections no longer walk it, so their pauses, which every
+delivery in flight waits out, are shorter (measured in ``docs/performance.md``).
 """
 
 from __future__ import annotations
