@@ -56,6 +56,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -201,6 +202,7 @@ class Target:
     kind: str  # "ours", "flask-sse", "starlette", "floor"
     broker: str = "memory"  # for ours; for a floor, which app of apps/floor.py
     scenarios: tuple[str, ...] | None = None  # those it serves; None: all
+    source: Path | None = None  # for ours: another checkout's src/ (--before)
 
 
 class Server:
@@ -214,7 +216,8 @@ class Server:
         self.redis = (
             Redis() if target.kind == "flask-sse" or target.broker == "redis" else None
         )
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        path = [str(target.source)] if target.source is not None else []
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*path, str(ROOT)]))
         bind = f"{HOST}:{self.port}"
         gunicorn = [
             sys.executable,
@@ -716,6 +719,33 @@ def _ratio(ours: Any, theirs: Any, better: str) -> str:
     return f"{theirs / ours:.1f}x" if ours else "∞"
 
 
+def _against_references(
+    results: dict[str, dict[str, dict[str, Any]]], before: str | None
+) -> list[str]:
+    """Ours against the Flask-view floor (churn) and, with ``--before``, against
+    ours at that revision: rates (median rounds), > 1 is better now."""
+    lines: list[str] = []
+    floor = results.get("flask-floor", {}).get("churn", {}).get("per_second")
+    for broker in ("memory", "redis"):
+        now = results.get(f"ours-{broker}", {})
+        then = results.get(f"ours-{broker}-before", {})
+        for scenario, data in now.items():
+            rate = data.get("per_second")
+            if not isinstance(rate, (int, float)):
+                continue
+            parts = []
+            if scenario == "churn" and isinstance(floor, (int, float)) and floor:
+                parts.append(f"{rate / floor:.2f}x the flask-floor")
+            old = then.get(scenario, {}).get("per_second")
+            if isinstance(old, (int, float)) and old:
+                parts.append(f"{rate / old:.2f}x {before}")
+            if parts:
+                lines.append(f"- ours-{broker} {scenario}: " + "; ".join(parts))
+    if lines:
+        lines = ["", "Against the references (median rounds, per second):", "", *lines]
+    return lines
+
+
 def report(
     results: dict[str, dict[str, dict[str, Any]]],
     mode: str,
@@ -723,9 +753,10 @@ def report(
     started: datetime.datetime,
     load: tuple[float, float, float],
     elapsed: float,
+    before: str | None = None,
 ) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"{started:%Y-%m-%d}-{mode}"
+    stem = RESULTS / f"{started:%Y-%m-%d}-{mode}{'-before-after' if before else ''}"
     names = list(results)
     ours = [n for n in names if n.startswith("ours")]
     lines = [
@@ -793,6 +824,7 @@ def report(
         lines += ["", "hostile: worker RSS (MiB) every 5 s:", "", *over_time]
     if errors:
         lines += ["", "Errors seen (first few):", "", *errors]
+    lines += _against_references(results, before)
     lines += ["", f"Chart: `{stem.name}.png`.", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     _chart(results, stem.with_suffix(".png"), mode)
@@ -837,10 +869,17 @@ def _chart(
 _UVICORN_SCENARIOS = ("idle", "fanout-burst", "fanout-50/s", "churn", "stalled")
 
 
-def _targets(only: list[str] | None) -> list[Target]:
+def _targets(only: list[str] | None, before: Path | None = None) -> list[Target]:
     targets = [
         Target("ours-memory", "ours", "memory"),
         Target("ours-redis", "ours", "redis"),
+    ]
+    if before is not None:
+        targets += [
+            Target("ours-memory-before", "ours", "memory", source=before),
+            Target("ours-redis-before", "ours", "redis", source=before),
+        ]
+    targets += [
         Target("flask-sse", "flask-sse"),
         Target("sse-starlette", "starlette", scenarios=_UVICORN_SCENARIOS),
     ]
@@ -868,8 +907,8 @@ def _serving(target: Target, also_on: str | None) -> Iterator[Server]:
 
 #: Rounds of a scenario, whose median is reported; one for the others. The churn
 #: takes 2 to 10 s per server, and its rate swung by up to a third between two
-#: runs of the same server here.
-ROUNDS = {"churn": 3}
+#: runs of the same server here; so did a burst's.
+ROUNDS = {"churn": 3, "fanout-burst": 3}
 
 #: Figures of a round that count the worst, not the median, round: leaks.
 _WORST = ("failed", "subscribers_left", "fds_leaked", "redis_clients_leaked")
@@ -912,6 +951,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (default)")
     parser.add_argument("--only", nargs="*", help="targets to run")
     parser.add_argument("--scenarios", nargs="*", help="scenarios to run")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run ours as of this git revision (a before/after comparison)",
+    )
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
     sizes = FULL if args.full else QUICK
@@ -933,15 +977,34 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "hostile": lambda s: hostile(s, island, sizes),
     }
+    before = _checkout(args.before) if args.before else None
     island = None
     if vanish.available() and (not args.scenarios or "hostile" in args.scenarios):
         with contextlib.suppress(subprocess.CalledProcessError):
             island = vanish.Island()
     try:
-        return _run(args, scenarios, island, mode, sizes, started, load, clock)
+        return _run(args, scenarios, island, mode, sizes, started, load, clock, before)
     finally:
         if island is not None:
             island.remove()
+        if before is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(before.parent)],
+                cwd=ROOT,
+                check=False,
+            )
+
+
+def _checkout(revision: str) -> Path:
+    """A worktree of *revision* beside this one; its ``src/`` directory."""
+    place = Path(tempfile.mkdtemp(prefix="bench-before-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(place), revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return place / "src"
 
 
 def _run(
@@ -953,8 +1016,9 @@ def _run(
     started: datetime.datetime,
     load: tuple[float, float, float],
     clock: float,
+    before: Path | None = None,
 ) -> int:
-    targets = _targets(args.only)
+    targets = _targets(args.only, before)
     results: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in targets}
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
     for name, scenario in scenarios.items():
@@ -972,7 +1036,9 @@ def _run(
     for target in targets:
         for name, got in rounds[target.name].items():
             results[target.name][name] = _median_round(got)
-    path = report(results, mode, sizes, started, load, time.monotonic() - clock)
+    path = report(
+        results, mode, sizes, started, load, time.monotonic() - clock, args.before
+    )
     print(f"wrote {path}")
     return 0
 
