@@ -50,8 +50,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, has_app_context
 
+from ._endpoint import subscribe_response
 from ._event import Event
 from ._extension import EventStream, current_or_only_app
+from ._settings import app_state
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -119,7 +121,8 @@ class ServerSentEventsBlueprint(Blueprint):
         """
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         self._set_up(app)
-        return self._events._subscribe_view()
+        # This blueprint's extension has no authorizers: Flask-SSE has none.
+        return subscribe_response(app, app_state(app), None, ())
 
     def _app(self) -> Flask:
         return current_or_only_app(
