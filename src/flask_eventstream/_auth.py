@@ -35,15 +35,6 @@ if TYPE_CHECKING:
 
     from ._jwt import JWTVerifier
 
-__all__ = [
-    "TOKEN_PARAM",
-    "TOKEN_SALT",
-    "Authorizer",
-    "Refusal",
-    "check_access",
-    "mint_token",
-    "signing_keys",
-]
 
 #: Query parameter that carries a subscribe token.
 TOKEN_PARAM = "token"

@@ -25,7 +25,6 @@ from .brokers import Subscription
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["HEARTBEAT", "SourceStream", "SubscriptionStream"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from .exceptions import InvalidChannel
 
-__all__ = ["MAX_CHANNEL_LENGTH", "validate_channel"]
-
 #: Longest channel name accepted, in characters.
 MAX_CHANNEL_LENGTH = 128
 

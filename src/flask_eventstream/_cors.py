@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 from flask import Response, request
 
-__all__ = ["CorsPolicy"]
-
 #: Request headers a cross-origin stream may send: ``Last-Event-ID`` (C16), and
 #: those XHR-based polyfills add (O8).
 _ALLOW_HEADERS = "Last-Event-ID, Cache-Control, X-Requested-With"

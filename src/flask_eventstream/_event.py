@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 
 from .exceptions import InvalidEvent
 
-__all__ = ["Event", "encode_comment", "split_lines"]
-
 #: The only line terminators of the format (F5): CRLF, CR, LF. Never
 #: ``str.splitlines()``, which also splits on U+2028, U+0085, \v, \f and more (S4).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")

@@ -23,14 +23,12 @@ from ._response import CountedBody, event_stream_response, over_capacity
 from ._settings import AppState, Settings, app_state
 from ._sockets import bound_dead_client, client_socket
 from .brokers._fanout import fanout_dropped
-from .brokers._protocol import GAP_EVENT
 from .exceptions import InvalidEvent
 from .signals import event_published, subscriber_dropped
 
 if TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["GAP_EVENT", "EventStream"]
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["JWTVerifier"]
-
 logger = logging.getLogger(__name__)
 
 

@@ -22,8 +22,6 @@ import re
 from ._event import Event
 from .exceptions import InvalidEvent, InvalidLastEventId
 
-__all__ = ["EventParser"]
-
 _LINE_END = re.compile(r"[\r\n]")
 
 

@@ -31,14 +31,6 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = [
-    "abort",
-    "bound_dead_client",
-    "client_socket",
-    "client_timeout",
-    "connection_lost",
-]
-
 logger = logging.getLogger(__name__)
 
 #: Where servers put the client socket in the WSGI environ.

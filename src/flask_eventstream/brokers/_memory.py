@@ -21,8 +21,6 @@ from ._fanout import BUFFER_BYTES, Fanout
 from ._protocol import Broker
 from ._subscription import Subscription
 
-__all__ = ["MemoryBroker"]
-
 
 class _Entry(NamedTuple):
     seq: int
