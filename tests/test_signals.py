@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
 
 from flask_eventstream import EventStream
+from flask_eventstream.brokers._fanout import fanout_dropped
 from flask_eventstream.signals import (
     event_published,
     stream_closed,
@@ -110,3 +113,17 @@ class TestPublishSignals:
                 events.publish(str(n), channel="busy")
         assert dropped.calls == [{"sender": app, "channels": ("busy",)}]
         subscription.close()
+
+
+def test_an_app_gone_leaves_no_drop_receiver_behind() -> None:
+    """Reporting drops keeps neither the app nor its broker alive."""
+    before = len(fanout_dropped.receivers)
+    apps = [Flask(__name__) for _ in range(5)]
+    for app in apps:
+        EventStream(app)
+    assert len(fanout_dropped.receivers) == before + 5
+    refs = [weakref.ref(app) for app in apps]
+    del apps, app
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
+    assert len(fanout_dropped.receivers) == before

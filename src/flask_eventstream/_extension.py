@@ -396,8 +396,9 @@ def current_or_only_app(apps: Iterable[Flask], serving: str) -> Flask:
 def _report_drops(app: Flask, broker: brokers.Broker) -> None:
     """Send :data:`~.signals.subscriber_dropped` for *app* with each subscriber
     of *broker* cut off as too slow (and log it)."""
-    fanout = broker.fanout
-    app_ref = weakref.ref(app)  # the receiver must not keep the app alive
+    # The receiver holds neither the app nor the fan-out; blinker holds it (a
+    # closure) until the fan-out, its sender, is gone.
+    app_ref = weakref.ref(app)
 
     def dropped(sender: brokers.Fanout, subscription: brokers.Subscription) -> None:
         owner = app_ref()
@@ -407,12 +408,13 @@ def _report_drops(app: Flask, broker: brokers.Broker) -> None:
             "dropped a subscriber of %s: more than %d events or %d bytes behind; "
             "it will reconnect and replay",
             ", ".join(subscription.channels),
-            fanout.buffer,
-            fanout.buffer_bytes,
+            sender.buffer,
+            sender.buffer_bytes,
         )
         subscriber_dropped.send(owner, channels=subscription.channels)
 
-    fanout_dropped.connect(dropped, sender=fanout, weak=False)
+    fanout_dropped.connect(dropped, sender=broker.fanout, weak=False)
+    weakref.finalize(broker.fanout, fanout_dropped.disconnect, dropped)
 
 
 def _check_size(data: str, limit: int) -> None:
