@@ -176,13 +176,15 @@ class Fanout:
             floors = self._floors
             subs = {sub for sub in subs if sub not in floors or floors[sub] < order}
         buffer, buffer_bytes = self.buffer, self.buffer_bytes
+        half = buffer // 2
         now = time.monotonic()
         dropped: list[Subscription] = []
         crowded = False
         for sub in subs:
-            if not sub.put(chunk, buffer, buffer_bytes, now):
+            queued = sub.put(chunk, buffer, buffer_bytes, now)
+            if not queued:
                 dropped.append(sub)
-            elif sub.greenlet and 2 * sub.queued() > buffer:
+            elif queued > half and sub.greenlet:
                 crowded = True
         if crowded and not self._yielding:
             # A greenlet reader half way to its cut-off: the publisher lets the

@@ -219,21 +219,24 @@ class Subscription:
         self._size += len(chunk)
         self.wake(now)
 
-    def put(self, chunk: bytes, limit: int, limit_bytes: int, now: float) -> bool:
+    def put(self, chunk: bytes, limit: int, limit_bytes: int, now: float) -> int:
         """Queue *chunk*, unless the subscription ended or falls too far behind
-        with it (then it is cut off). Whether it was queued."""
+        with it (then it is cut off). How many chunks are queued now: 0 if it
+        was not queued."""
+        pending = self._pending
         if self._ended:
-            return False
-        if self._pending and (
+            return 0
+        if pending and (
             self._size + len(chunk) > limit_bytes
-            or (len(self._pending) >= limit and self.stalled(now))
+            or (len(pending) >= limit and self.stalled(now))
         ):
             self.drop()
-            return False
-        self._pending.append(chunk)
+            return 0
+        pending.append(chunk)
         self._size += len(chunk)
-        self.wake(now)
-        return True
+        if not self._woken:
+            self.wake(now)
+        return len(pending)
 
     def wake_if_due(self, due: float, now: float) -> bool:
         """Wake the reader if its heartbeat falls due by *due*. Whether it was."""
