@@ -13,7 +13,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
 from flask_eventstream import EventStream, InvalidChannel
-from flask_eventstream.auth import TOKEN_SALT
+from flask_eventstream._auth import TOKEN_SALT
 
 from .conftest import LiveServer
 from .helpers import StreamClient, wait_for

@@ -3,7 +3,7 @@ import sys
 import pytest
 
 from flask_eventstream import InvalidChannel, validate_channel
-from flask_eventstream.channels import MAX_CHANNEL_LENGTH
+from flask_eventstream._channels import MAX_CHANNEL_LENGTH
 
 WHITESPACE = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()]
 CONTROLS = [chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))]

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from flask_eventstream.brokers.base import TOO_SLOW
+from flask_eventstream.brokers._subscription import TOO_SLOW
 
 from .conftest import missing
 from .helpers import StreamClient, wait_for

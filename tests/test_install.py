@@ -227,7 +227,7 @@ EventStream(app)
 import time, jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flask_eventstream.jwt_tokens import JWTVerifier
+from flask_eventstream._jwt import JWTVerifier
 key = ec.generate_private_key(ec.SECP256R1())
 public = key.public_key().public_bytes(
     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -11,7 +11,7 @@ from flask import Flask, Response
 from werkzeug.test import TestResponse
 
 from flask_eventstream import EventStream, InvalidEvent
-from flask_eventstream.channels import MAX_CHANNEL_LENGTH
+from flask_eventstream._channels import MAX_CHANNEL_LENGTH
 
 from .conftest import LiveServer
 from .helpers import StreamClient, wait_for

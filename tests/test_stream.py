@@ -13,7 +13,7 @@ import pytest
 from flask import Flask, request
 
 from flask_eventstream import GAP_EVENT, Event, EventParser, EventStream
-from flask_eventstream.brokers.base import TOO_SLOW
+from flask_eventstream.brokers._subscription import TOO_SLOW
 
 from .conftest import LiveServer
 from .helpers import StreamClient, wait_for

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ._channels import validate_channel
+from ._event import Event, encode_comment
+from ._extension import GAP_EVENT, EventStream
+from ._parser import EventParser
 from .brokers import Broker, MemoryBroker, Subscription
-from .channels import validate_channel
-from .event import Event, encode_comment
 from .exceptions import (
     BrokerError,
     BrokerUnavailable,
@@ -14,8 +16,6 @@ from .exceptions import (
     InvalidLastEventId,
     PublishUncertain,
 )
-from .extension import GAP_EVENT, EventStream
-from .parser import EventParser
 
 __all__ = [
     "GAP_EVENT",

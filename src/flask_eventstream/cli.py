@@ -23,9 +23,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._extension import EventStream, _State, _state
 from .brokers import MemoryBroker
 from .exceptions import ClientError, EventStreamError
-from .extension import EventStream, _State, _state
 
 __all__ = ["eventstream"]
 

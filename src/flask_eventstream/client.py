@@ -52,9 +52,9 @@ from importlib import metadata
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .event import Event
+from ._event import Event
+from ._parser import EventParser
 from .exceptions import EventTooLarge, ReconnectFailed, StreamRefused
-from .parser import EventParser
 
 try:
     import httpx

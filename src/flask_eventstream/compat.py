@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, has_app_context
 
-from .event import Event
-from .extension import EventStream, current_or_only_app
+from ._event import Event
+from ._extension import EventStream, current_or_only_app
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -38,8 +38,7 @@ import logging
 import signal
 from typing import Any
 
-from .brokers.base import end_all_streams
-from .brokers.memory import MemoryBroker
+from .brokers import MemoryBroker, end_all_streams
 
 __all__ = [
     "install_sigterm_handler",

@@ -45,8 +45,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'flask-eventstream[metrics]'"
     ) from exc
 
+from ._event import Event
 from .brokers import Broker
-from .event import Event
 from .signals import (
     broker_reconnected,
     event_published,

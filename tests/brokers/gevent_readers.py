@@ -19,7 +19,7 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 from gevent.hub import get_hub  # noqa: E402
 
-from flask_eventstream.brokers.base import Fanout, Subscription  # noqa: E402
+from flask_eventstream.brokers import Fanout, Subscription  # noqa: E402
 
 READERS, EVENTS = (int(arg) for arg in sys.argv[2:4])
 
@@ -66,9 +66,7 @@ def same_hub() -> dict[str, Any]:
     """Readers are greenlets; the publisher is a greenlet of the same hub."""
     fanout = Fanout()
     subs, got, greenlets = _readers(fanout)
-    parked = sum(
-        sub._waiter is not None and sub._waiter.greenlet is not None for sub in subs
-    )
+    parked = sum(sub._park._waiter.greenlet is not None for sub in subs)
     _deliver(fanout, EVENTS)
     gevent.joinall(greenlets, timeout=10)
     return {"parked": parked, "sequences": _sequences(got)}

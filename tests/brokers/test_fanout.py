@@ -10,7 +10,7 @@ from flask import Flask
 
 from flask_eventstream import Event, EventParser, EventStream
 from flask_eventstream.brokers import Broker, Fanout, Subscription
-from flask_eventstream.brokers.base import TOO_SLOW, WRITE_SIZE
+from flask_eventstream.brokers._subscription import TOO_SLOW, WRITE_SIZE
 from flask_eventstream.signals import subscriber_dropped
 
 from ..helpers import wait_for
@@ -205,7 +205,7 @@ class TestCutOffMeasuresLag:
         reader = Reader(sub)
         waiting = threading.Thread(target=reader.read, args=(30,))
         waiting.start()
-        wait_for(lambda: sub._reading)
+        wait_for(lambda: sub.reading)
         with fanout.lock:  # the reader, woken by the first, cannot take any yet
             for n in range(30):
                 fanout.deliver("c", Event(str(n)).encode())

@@ -20,8 +20,8 @@ import pytest
 from flask import Flask
 
 from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event, EventStream
+from flask_eventstream._bodies import HEARTBEAT
 from flask_eventstream.brokers.redis import RedisBroker
-from flask_eventstream.stream import HEARTBEAT
 
 from ..conftest import LiveServer
 from ..helpers import StreamClient, wait_for

@@ -18,8 +18,10 @@ from dataclasses import replace
 from redis import Redis
 from redis.exceptions import RedisError
 
-from ...event import Event
-from ..base import Broker, Fanout, Subscription
+from ..._event import Event
+from .._fanout import Fanout
+from .._protocol import Broker
+from .._subscription import Subscription
 from ._entries import (
     ORIGIN,
     Entry,

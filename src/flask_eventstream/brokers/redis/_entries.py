@@ -16,9 +16,9 @@ import re
 import time
 from typing import Any, NamedTuple, cast
 
-from ...event import Event
+from ..._event import Event
 from ...exceptions import InvalidEvent
-from ..base import GAP_EVENT
+from .._protocol import GAP_EVENT
 
 logger = logging.getLogger(__name__)
 

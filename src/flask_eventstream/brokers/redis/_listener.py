@@ -21,7 +21,7 @@ from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ...signals import broker_reconnected
-from ..base import Fanout
+from .._fanout import Fanout
 from ._entries import (
     ORIGIN,
     PREVIOUS,

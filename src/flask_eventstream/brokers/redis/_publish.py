@@ -17,7 +17,7 @@ from typing import Any, cast
 from redis import BlockingConnectionPool, Redis
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
-from ...event import Event
+from ..._event import Event
 from ...exceptions import BrokerError, BrokerUnavailable, PublishUncertain
 from ._entries import DATA, DEDUPE_WINDOW, ID, KEY_TTL, RETRY, TOKEN, TYPE, XADD
 from ._pools import UNAVAILABLE

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from .channels import validate_channel
+from ._channels import validate_channel
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .jwt_tokens import JWTVerifier
+    from ._jwt import JWTVerifier
 
 __all__ = [
     "TOKEN_PARAM",

@@ -2,7 +2,7 @@
 
 Everything here runs before the first stream byte, so every refusal is a plain
 HTTP answer a client can read: 400 for a malformed request, 401/403 from
-:mod:`~flask_eventstream.auth`, 503 with ``Retry-After`` when the process already
+:mod:`~flask_eventstream._auth`, 503 with ``Retry-After`` when the process already
 holds its maximum of open streams. Browsers do not reconnect after any of these
 (``docs/protocol.md``: C5, C12): a page that wants to retry must do so itself.
 """
@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, request
 
-from .auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
-from .brokers.base import GAP_EVENT
-from .channels import validate_channel
-from .event import Event
+from ._auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
+from ._bodies import SubscriptionStream
+from ._channels import validate_channel
+from ._event import Event
+from ._sockets import abort, bound_dead_client, client_socket
+from .brokers import GAP_EVENT
 from .exceptions import InvalidChannel, InvalidLastEventId
 from .signals import stream_closed, stream_opened
-from .sockets import abort, bound_dead_client, client_socket
-from .stream import SubscriptionStream
 
 if TYPE_CHECKING:
     from flask import Flask
     from werkzeug.datastructures import MultiDict
 
-    from .extension import _State
+    from ._extension import _State
 
 __all__ = [
     "GAP_EVENT",

@@ -12,7 +12,7 @@ header: a browser sends one before a cross-origin reconnection whose id is longe
 than 128 bytes or holds bytes outside the CORS-safe set (C16).
 
 CORS only tells the *browser* whom to show the response; it does not stop a request
-reaching the server. Authorization is the job of :mod:`flask_eventstream.auth`.
+reaching the server. Authorization is the job of :mod:`flask_eventstream._auth`.
 """
 
 from __future__ import annotations

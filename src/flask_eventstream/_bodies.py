@@ -6,7 +6,7 @@ it has written nothing for ``heartbeat`` seconds (``docs/protocol.md`` O4, O9),
 the first within one heartbeat of the stream opening: a closed connection is
 found, and its subscription removed, within one heartbeat, with no publish
 needed. A client that vanished without closing is found once the kernel gives
-its connection up (:mod:`flask_eventstream.sockets`).
+its connection up (:mod:`flask_eventstream._sockets`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from .brokers.base import Subscription
-from .event import Event, encode_comment
-from .sockets import connection_lost
+from ._event import Event, encode_comment
+from ._sockets import connection_lost
+from .brokers import Subscription
 
 if TYPE_CHECKING:
     import socket

@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 import re
 
-from .event import Event
+from ._event import Event
 from .exceptions import InvalidEvent, InvalidLastEventId
 
 __all__ = ["EventParser"]

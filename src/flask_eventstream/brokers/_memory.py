@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from ..event import Event
-from .base import BUFFER_BYTES, Broker, Fanout, Subscription
+from .._event import Event
+from ._fanout import BUFFER_BYTES, Fanout
+from ._protocol import Broker
+from ._subscription import Subscription
 
 __all__ = ["MemoryBroker"]
 

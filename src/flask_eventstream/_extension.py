@@ -16,16 +16,11 @@ from flask.ctx import has_request_context
 from flask.globals import request_ctx
 
 from . import brokers
-from .auth import TOKEN_PARAM, Authorizer, mint_token, signing_keys
-from .channels import validate_channel
-from .cors import CorsPolicy
-from .event import Event, encode_comment
-from .exceptions import InvalidEvent
-from .jwt_tokens import JWTVerifier
-from .signals import event_published, subscriber_dropped
-from .sockets import bound_dead_client, client_socket, client_timeout
-from .stream import HEARTBEAT, SourceStream, event_from_item
-from .views import (
+from ._auth import TOKEN_PARAM, Authorizer, mint_token, signing_keys
+from ._bodies import HEARTBEAT, SourceStream, event_from_item
+from ._channels import validate_channel
+from ._cors import CorsPolicy
+from ._endpoint import (
     GAP_EVENT,
     CountedBody,
     StreamLimiter,
@@ -33,6 +28,11 @@ from .views import (
     over_capacity,
     subscribe_response,
 )
+from ._event import Event, encode_comment
+from ._jwt import JWTVerifier
+from ._sockets import bound_dead_client, client_socket, client_timeout
+from .exceptions import InvalidEvent
+from .signals import event_published, subscriber_dropped
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -166,7 +166,8 @@ class EventStream:
             comment is written. The first comes within one heartbeat of opening.
         ``EVENTSTREAM_CLIENT_TIMEOUT`` (``None``)
             Seconds written bytes may go unacknowledged before the connection is
-            given up (``TCP_USER_TIMEOUT``; see :mod:`flask_eventstream.sockets`).
+            given up (``TCP_USER_TIMEOUT``; see "Dead and stuck clients" in
+            ``docs/deploying.md``).
             ``None``: half the heartbeat, at least 1 s, so a client that vanished
             is freed within two heartbeats.
         ``EVENTSTREAM_HEARTBEAT_EVENT`` (``None``)
@@ -202,7 +203,7 @@ class EventStream:
             Seconds a subscribe token is valid when minted without ``max_age``.
         ``EVENTSTREAM_JWT_KEY`` (``None``)
             When set, subscribe tokens are JWTs checked with this key (Mercure-style:
-            minted elsewhere; see :mod:`flask_eventstream.jwt_tokens`; needs the ``jwt``
+            minted elsewhere; see ``docs/security.md``; needs the ``jwt``
             extra).
         ``EVENTSTREAM_JWT_ALGORITHMS`` (``("HS256",)``)
             The JWT algorithms accepted.
@@ -355,7 +356,7 @@ class EventStream:
         any stream byte is sent. Return a true value to allow; a false one answers
         403. Call ``abort(401)`` for 401. With several hooks, all must allow.
         Requests carrying a subscribe token are decided by the token instead (see
-        :mod:`flask_eventstream.auth`). Applies to every app of this extension.
+        ``docs/security.md``). Applies to every app of this extension.
         """
         self._authorizers.append(function)
         return function
