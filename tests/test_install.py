@@ -196,6 +196,10 @@ def test_deploying_gthread_block_serves_and_warns_of_the_memory_broker(
 #: For each documented extra alone, a script that what it promises makes work.
 EXTRAS = {
     "": """
+from importlib.metadata import requires
+# index.md: "Flask is the only dependency".
+plain = [r for r in requires("flask-eventstream") if "extra ==" not in r]
+assert len(plain) == 1 and plain[0].lower().startswith("flask>"), plain
 from flask import Flask
 from flask_eventstream import EventStream
 app = Flask("app")
