@@ -119,31 +119,34 @@ def test_the_migration_page_script_receives_the_greeting(
     redis_server = RedisServer(tmp_path)
     redis_server.start()
     namespace: dict[str, Any] = {"__name__": "migration_js"}
-    sample = code_block("migration.md", "python", "def send_message")
-    sample = sample.replace('"redis://localhost"', repr(redis_server.url))
-    exec(sample, namespace)  # noqa: S102
-    app: Flask = namespace["app"]
-    script = code_block("migration.md", "js", "url_for('sse.stream')")
-    # The listener's data stays in the function; a second listener shows it came.
-    page_source = (
-        f"<script>{script}</script>"
-        "<script>source.addEventListener('greeting', (e) => { window.got = e.data; });"
-        "</script>"
-    )
-    app.add_url_rule("/", "page", lambda: render_template_string(page_source))
-    url = serve(app).url
-    page = new_context().new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url + "/")
-    page.wait_for_function("source.readyState === EventSource.OPEN")
-    assert page.request.get(url + "/send").text() == "Message sent!"
-    page.wait_for_function("window.got !== undefined", timeout=TIMEOUT_MS)
-    assert page.evaluate("window.got") == '{"message": "Hello!"}'
-    assert errors == []
-    page.close()
-    app.extensions["eventstream"].broker.close()
-    redis_server.kill()
+    try:
+        sample = code_block("migration.md", "python", "def send_message")
+        sample = sample.replace('"redis://localhost"', repr(redis_server.url))
+        exec(sample, namespace)  # noqa: S102
+        app: Flask = namespace["app"]
+        script = code_block("migration.md", "js", "url_for('sse.stream')")
+        # The sample's listener keeps the data to itself; a second one shows it.
+        page_source = (
+            f"<script>{script}</script><script>"
+            "source.addEventListener('greeting', (e) => { window.got = e.data; });"
+            "</script>"
+        )
+        app.add_url_rule("/", "page", lambda: render_template_string(page_source))
+        url = serve(app).url
+        page = new_context().new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url + "/")
+        page.wait_for_function("source.readyState === EventSource.OPEN")
+        assert page.request.get(url + "/send").text() == "Message sent!"
+        page.wait_for_function("window.got !== undefined", timeout=TIMEOUT_MS)
+        assert page.evaluate("window.got") == '{"message": "Hello!"}'
+        assert errors == []
+        page.close()
+    finally:
+        if "app" in namespace:
+            namespace["app"].extensions["eventstream"].broker.close()
+        redis_server.kill()
 
 
 HTMX = Path(__file__).resolve().parents[2] / "examples" / "htmx"
