@@ -32,12 +32,11 @@ Serve = Callable[[Flask], LiveServer]
 OpenStream = Callable[..., StreamClient]
 
 HERE = Path(__file__).parent
-SEED = HERE.parent.parent / "shared" / "seed-flask-server-push.txt"
 
 
-def load_seed_app(name: str) -> ModuleType:
-    """Import tests/seed_flask_sse_app.py afresh, as one more server process would."""
-    spec = importlib.util.spec_from_file_location(name, HERE / "seed_flask_sse_app.py")
+def load_flask_sse_app(name: str) -> ModuleType:
+    """Import tests/flask_sse_app.py afresh, as one more server process would."""
+    spec = importlib.util.spec_from_file_location(name, HERE / "flask_sse_app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -73,7 +72,7 @@ def redis_answers_on_6379() -> bool:
 
 @pytest.fixture(scope="module")
 def localhost_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Redis on localhost:6379, where the seed's ``redis://localhost`` points.
+    """Redis on localhost:6379, where the app's ``redis://localhost`` points.
 
     One already running there is used as it is; else one is started for this module.
     """
@@ -88,11 +87,11 @@ def localhost_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         server.kill()
 
 
-class TestTheSeedAnswer:
-    """The seed's Flask-SSE answer, with only its import changed, on Redis."""
+class TestAFlaskSSEApp:
+    """Flask-SSE's README example, with only its import changed, on Redis."""
 
     @pytest.fixture
-    def seed_apps(self, localhost_redis: None) -> Iterator[list[Flask]]:
+    def flask_sse_apps(self, localhost_redis: None) -> Iterator[list[Flask]]:
         apps: list[Flask] = []
         yield apps
         for app in apps:
@@ -100,21 +99,11 @@ class TestTheSeedAnswer:
             if state is not None:
                 state.broker.close()
 
-    def test_the_file_is_the_seed_answer_with_only_the_import_changed(self) -> None:
-        if not SEED.exists():
-            pytest.skip(f"{SEED} is not beside this checkout")
-        lines = (HERE / "seed_flask_sse_app.py").read_text().splitlines()
-        code = "\n".join(line for line in lines if not line.startswith("#"))
-        original = code.replace(
-            "from flask_eventstream.compat import sse", "from flask_sse import sse"
-        )
-        assert original.strip() in SEED.read_text()
-
     def test_send_reaches_the_page_stream_as_a_greeting(
-        self, seed_apps: list[Flask], serve: Serve, open_stream: OpenStream
+        self, flask_sse_apps: list[Flask], serve: Serve, open_stream: OpenStream
     ) -> None:
-        app: Flask = load_seed_app("seed_app_one").app
-        seed_apps.append(app)
+        app: Flask = load_flask_sse_app("flask_sse_app_one").app
+        flask_sse_apps.append(app)
         app.config["EVENTSTREAM_HEARTBEAT"] = 0.5
         base = serve(app).url
         with app.test_request_context():
@@ -131,12 +120,12 @@ class TestTheSeedAnswer:
         assert json.loads(event.data) == {"message": "Hello!"}
 
     def test_two_server_processes_share_events_through_redis(
-        self, seed_apps: list[Flask], serve: Serve, open_stream: OpenStream
+        self, flask_sse_apps: list[Flask], serve: Serve, open_stream: OpenStream
     ) -> None:
         """Why Flask-SSE needs Redis: a publish in one worker reaches another's page."""
-        one = load_seed_app("seed_app_a").app
-        two = load_seed_app("seed_app_b").app
-        seed_apps.extend([one, two])
+        one = load_flask_sse_app("flask_sse_app_a").app
+        two = load_flask_sse_app("flask_sse_app_b").app
+        flask_sse_apps.extend([one, two])
         client = open_stream(serve(two).url + "/stream")
         wait_for(subscribed(two, 1, "sse"), timeout=10)
         with StreamClient(serve(one).url + "/send").response as answer:
@@ -148,7 +137,7 @@ class TestTheSeedAnswer:
         )
 
     def test_sse_redis_url_wins_over_redis_url(
-        self, seed_apps: list[Flask], compat_app: Flask
+        self, flask_sse_apps: list[Flask], compat_app: Flask
     ) -> None:
         """Flask-SSE's config priority: SSE_REDIS_URL, then REDIS_URL."""
         with socket.socket() as sock:
@@ -156,7 +145,7 @@ class TestTheSeedAnswer:
             closed_port = sock.getsockname()[1]
         compat_app.config["SSE_REDIS_URL"] = "redis://127.0.0.1:6379/0"
         compat_app.config["REDIS_URL"] = f"redis://127.0.0.1:{closed_port}/0"
-        seed_apps.append(compat_app)
+        flask_sse_apps.append(compat_app)
         with compat_app.app_context():
             sent = sse.publish("via SSE_REDIS_URL", channel="priority")
         assert sent.id is not None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_eventstream._extension import _DEFAULTS
+from flask_eventstream._settings import DEFAULTS as _DEFAULTS
 
 DOCS = Path(__file__).parent.parent / "docs"
 

@@ -6,8 +6,13 @@ import dataclasses
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flask_eventstream import Event, EventParser, InvalidEvent, encode_comment
+from flask_eventstream._event import with_id
+
+from .strategies import valid_events
 
 
 class TestValidation:
@@ -262,3 +267,20 @@ class TestImmutability:
         text = repr(Event("x", event="e"))
         assert "data='x'" in text and "event='e'" in text
         assert "_wire" not in text
+
+
+class TestWithId:
+    """A broker's id put into an event's wire bytes without encoding it again
+    gives exactly the event encoded with that id."""
+
+    @given(
+        event=valid_events(),
+        id=st.from_regex(r"[0-9]{1,20}(-[0-9]{1,20})?", fullmatch=True),
+    )
+    def test_same_as_an_event_made_with_the_id(self, event: Event, id: str) -> None:
+        event = dataclasses.replace(event, id=None)
+        made = with_id(event, id)
+        expected = Event(event.data, event=event.event, id=id, retry=event.retry)
+        assert made == expected
+        assert made.encode() == expected.encode()
+        assert EventParser().feed(made.encode())[-1].id == id

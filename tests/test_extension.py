@@ -8,7 +8,7 @@ import sys
 import threading
 
 import pytest
-from flask import Flask
+from flask import Flask, Response
 
 from flask_eventstream import (
     Event,
@@ -192,3 +192,36 @@ class TestPublish:
             events.publish("x", channel="c")
         sub = broker.subscribe(["c"], last_event_id="0")
         assert b"data: x" in (sub.next_chunk(1) or b"")
+
+
+class TestStreamResponses:
+    """Both kinds of stream response are the app's ``response_class``, and run
+    the hooks registered with ``call_on_close`` when the server closes them."""
+
+    @pytest.mark.parametrize("path", ["/stream?channel=c", "/ticks"])
+    def test_app_response_class_and_call_on_close(self, path: str) -> None:
+        class Tagged(Response):
+            pass
+
+        app = Flask(__name__)
+        app.response_class = Tagged
+        events = EventStream(app)
+        seen: list[str] = []
+
+        @app.get("/ticks")
+        def ticks() -> Response:
+            return events.stream(iter(["tick"]))
+
+        @app.after_request
+        def hook(response: Response) -> Response:
+            seen.append(type(response).__name__)
+            response.call_on_close(lambda: seen.append("closed"))
+            return response
+
+        response = app.test_client().get(path, buffered=False)
+        first = next(iter(response.response))
+        assert first.startswith(b":") or first.startswith(b"data:")
+        assert seen == ["Tagged"]
+        response.close()
+        assert seen == ["Tagged", "closed"]
+        assert events.broker().subscriber_count() == 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ._channels import validate_channel
 from ._event import Event, encode_comment
-from ._extension import GAP_EVENT, EventStream
+from ._extension import EventStream
 from ._parser import EventParser
 from .brokers import Broker, MemoryBroker, Subscription
+from .brokers._fanout import end_all_streams
+from .brokers._protocol import GAP_EVENT
 from .exceptions import (
     BrokerError,
     BrokerUnavailable,
@@ -33,5 +35,6 @@ __all__ = [
     "PublishUncertain",
     "Subscription",
     "encode_comment",
+    "end_all_streams",
     "validate_channel",
 ]

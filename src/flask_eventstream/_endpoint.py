@@ -10,8 +10,7 @@ holds its maximum of open streams. Browsers do not reconnect after any of these
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from flask import Request, Response, request
@@ -20,8 +19,9 @@ from ._auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
 from ._bodies import SubscriptionStream
 from ._channels import validate_channel
 from ._event import Event
+from ._response import CountedBody, event_stream_response, over_capacity, plain_response
 from ._sockets import abort, bound_dead_client, client_socket
-from .brokers import GAP_EVENT
+from .brokers._protocol import GAP_EVENT
 from .exceptions import InvalidChannel, InvalidLastEventId
 from .signals import stream_closed, stream_opened
 
@@ -29,33 +29,12 @@ if TYPE_CHECKING:
     from flask import Flask
     from werkzeug.datastructures import MultiDict
 
-    from ._extension import _State
-
-__all__ = [
-    "GAP_EVENT",
-    "CountedBody",
-    "StreamLimiter",
-    "event_stream_response",
-    "plain_response",
-    "requested_channels",
-    "requested_last_event_id",
-    "subscribe_response",
-]
-
-# Content-Type given in full: Werkzeug then skips working out a mimetype per response.
-_HEADERS = (
-    ("Content-Type", "text/event-stream; charset=utf-8"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),
-)
-
-#: Seconds a client refused for capacity is asked to wait (``Retry-After``).
-RETRY_AFTER = 10
+    from ._settings import AppState
 
 
 def subscribe_response(
     app: Flask,
-    state: _State,
+    state: AppState,
     channel: str | None,
     authorizers: Sequence[Authorizer],
 ) -> Response:
@@ -63,26 +42,27 @@ def subscribe_response(
 
     :param channel: the channel in the path (``/stream/<channel>``), if any.
     """
+    settings = state.settings
     # Looked up once: every ``request.`` is a context-variable lookup.
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     try:
         channels = requested_channels(
             req,
             channel,
-            default=state.default_channel,
-            max_channels=state.max_channels,
+            default=settings.default_channel,
+            max_channels=settings.max_channels,
         )
-        last_event_id = requested_last_event_id(req, state.max_last_event_id)
+        last_event_id = requested_last_event_id(req, settings.max_last_event_id)
     except ValueError as exc:
         return plain_response(str(exc), 400)
     # Replay reads the same channels, so this one check covers it too.
     refusal = check_access(
         channels,
-        token=_token(req, bearer_allowed=state.jwt is not None),
+        token=_token(req, bearer_allowed=settings.jwt is not None),
         keys=signing_keys(app),
-        require_token=state.require_token,
+        require_token=settings.require_token,
         authorizers=authorizers,
-        jwt=state.jwt,
+        jwt=settings.jwt,
     )
     if refusal is not None:
         return plain_response(refusal.message, refusal.status)
@@ -99,11 +79,11 @@ def subscribe_response(
         preamble += Event(note, event=GAP_EVENT).encode()
     sock = client_socket(req.environ)
     if sock is not None:
-        bound_dead_client(sock, state.client_timeout)
+        bound_dead_client(sock, settings.client_timeout)
         subscription.on_cut_off = functools.partial(abort, sock)
     body = SubscriptionStream(
         subscription,
-        heartbeat=state.heartbeat,
+        heartbeat=settings.heartbeat,
         heartbeat_chunk=state.heartbeat_chunk,
         preamble=preamble,
         gap=state.cut_off_gap if last_event_id is None else b"",
@@ -124,7 +104,7 @@ def subscribe_response(
         def closed() -> None:
             stream_closed.send(app, channels=subscription.channels)
 
-    return event_stream_response(CountedBody(body, state.streams, on_close=closed))
+    return event_stream_response(app, CountedBody(body, state.streams, on_close=closed))
 
 
 def _token(req: Request, *, bearer_allowed: bool) -> str | None:
@@ -145,103 +125,6 @@ def _first(args: MultiDict[str, str], name: str) -> str | None:
     """
     values = args.getlist(name)
     return values[0] if values else None
-
-
-def event_stream_response(body: Iterable[bytes]) -> Response:
-    """A ``text/event-stream`` response streaming *body* (S1, S13, O1, O5)."""
-    # direct_passthrough: Werkzeug hands our iterable (and its close()) to the server
-    # untouched. No Connection or other hop-by-hop header (S13).
-    return Response(body, headers=_HEADERS, direct_passthrough=True)
-
-
-class StreamLimiter:
-    """Counts the open streams of one app in this process, up to *limit*.
-
-    Any request thread or greenlet may call :meth:`acquire` and :meth:`release`; the
-    count is guarded by one lock, so a burst of connections cannot overshoot.
-
-    :param limit: most open streams; ``None`` for no limit.
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        if limit is not None and limit < 1:
-            raise ValueError(f"EVENTSTREAM_MAX_STREAMS must be at least 1, got {limit}")
-        self.limit = limit
-        self._open = 0
-        self._lock = threading.Lock()
-
-    @property
-    def open(self) -> int:
-        """Streams open now."""
-        return self._open
-
-    def acquire(self) -> bool:
-        """Take a slot; ``False`` when all are taken."""
-        with self._lock:
-            if self.limit is not None and self._open >= self.limit:
-                return False
-            self._open += 1
-            return True
-
-    def release(self) -> None:
-        """Give back a slot taken by :meth:`acquire`."""
-        with self._lock:
-            self._open -= 1
-
-
-class CountedBody:
-    """A response body that gives its :class:`StreamLimiter` slot back on ``close()``.
-
-    ``__iter__`` hands the server the wrapped body's own iterator, so writing costs
-    nothing extra; the WSGI server calls ``close()`` on this object when the client
-    is gone or the stream ended (PEP 3333), exactly once slot release included.
-    """
-
-    __slots__ = ("_body", "_limiter", "_closed", "_on_close")
-
-    def __init__(
-        self,
-        body: Iterable[bytes],
-        limiter: StreamLimiter,
-        *,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._body = body
-        self._limiter = limiter
-        self._closed = False
-        self._on_close = on_close
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._limiter.release()
-            if self._on_close is not None:
-                self._on_close()
-
-
-def plain_response(
-    message: str, status: int, headers: Mapping[str, str] | None = None
-) -> Response:
-    """A short ``text/plain`` answer, for refusals before any stream byte."""
-    return Response(f"{message}\n", status, headers, mimetype="text/plain")
-
-
-def over_capacity() -> Response:
-    """503 with ``Retry-After``: IANA's advice for capacity problems (C12)."""
-    return plain_response(
-        "too many open event streams on this server; retry later",
-        503,
-        {"Retry-After": str(RETRY_AFTER)},
-    )
 
 
 def requested_channels(

@@ -105,6 +105,32 @@ class Event:
             ) from None
 
 
+def with_id(event: Event, id: str) -> Event:
+    """*event* (which has no id) with the *id* a broker gave it: the id line put
+    into its wire bytes, nothing validated or encoded again.
+
+    For brokers only: *id* must be one the broker made (ASCII digits and ``-``),
+    never input from outside.
+    """
+    wire = event._wire
+    line = f"id: {id}\n".encode()
+    if event.event:  # the id line goes after the event line (see _encode)
+        head = wire.index(b"\n") + 1
+        wire = wire[:head] + line + wire[head:]
+    else:
+        wire = line + wire
+    made = object.__new__(Event)
+    for name, value in (
+        ("data", event.data),
+        ("event", event.event),
+        ("id", id),
+        ("retry", event.retry),
+        ("_wire", wire),
+    ):
+        object.__setattr__(made, name, value)
+    return made
+
+
 def _check_line(field: str, value: object) -> None:
     if not isinstance(value, str):
         raise InvalidEvent(field, f"must be str, got {type(value).__name__}")

@@ -6,8 +6,6 @@ import inspect
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
@@ -17,20 +15,15 @@ from flask.globals import request_ctx
 
 from . import brokers
 from ._auth import TOKEN_PARAM, Authorizer, mint_token, signing_keys
-from ._bodies import HEARTBEAT, SourceStream, event_from_item
+from ._bodies import SourceStream, event_from_item
 from ._channels import validate_channel
-from ._cors import CorsPolicy
-from ._endpoint import (
-    GAP_EVENT,
-    CountedBody,
-    StreamLimiter,
-    event_stream_response,
-    over_capacity,
-    subscribe_response,
-)
-from ._event import Event, encode_comment
-from ._jwt import JWTVerifier
-from ._sockets import bound_dead_client, client_socket, client_timeout
+from ._endpoint import subscribe_response
+from ._event import Event
+from ._response import CountedBody, event_stream_response, over_capacity
+from ._settings import AppState, Settings, app_state
+from ._sockets import bound_dead_client, client_socket
+from .brokers._fanout import fanout_dropped
+from .brokers._protocol import GAP_EVENT
 from .exceptions import InvalidEvent
 from .signals import event_published, subscriber_dropped
 
@@ -42,77 +35,6 @@ __all__ = ["GAP_EVENT", "EventStream"]
 logger = logging.getLogger(__name__)
 
 _A = TypeVar("_A", bound=Authorizer)
-
-#: Longest ``Last-Event-ID`` accepted by default, in bytes of UTF-8.
-MAX_LAST_EVENT_ID = 256
-
-_DEFAULTS: dict[str, Any] = {
-    "EVENTSTREAM_BROKER_URL": "memory://",
-    "EVENTSTREAM_REDIS_PREFIX": "eventstream:",
-    "EVENTSTREAM_URL_PREFIX": "/stream",
-    "EVENTSTREAM_DEFAULT_CHANNEL": "sse",
-    "EVENTSTREAM_HEARTBEAT": 15.0,
-    "EVENTSTREAM_CLIENT_TIMEOUT": None,
-    "EVENTSTREAM_HEARTBEAT_EVENT": None,
-    "EVENTSTREAM_HISTORY": 1000,
-    "EVENTSTREAM_BUFFER": 1000,
-    "EVENTSTREAM_BUFFER_BYTES": 8 * 1024 * 1024,
-    "EVENTSTREAM_RETRY": None,
-    "EVENTSTREAM_MAX_EVENT_SIZE": 1024 * 1024,
-    "EVENTSTREAM_MAX_CHANNELS": 16,
-    "EVENTSTREAM_MAX_LAST_EVENT_ID": MAX_LAST_EVENT_ID,
-    "EVENTSTREAM_MAX_STREAMS": 10_000,
-    "EVENTSTREAM_REQUIRE_TOKEN": False,
-    "EVENTSTREAM_TOKEN_MAX_AGE": 3600,
-    "EVENTSTREAM_JWT_KEY": None,
-    "EVENTSTREAM_JWT_ALGORITHMS": ("HS256",),
-    "EVENTSTREAM_CORS_ORIGINS": None,
-    "EVENTSTREAM_CORS_CREDENTIALS": False,
-    "EVENTSTREAM_METRICS": False,
-}
-
-
-@dataclass
-class _State:
-    """Per-app state, kept in ``app.extensions["eventstream"]``."""
-
-    broker: brokers.Broker
-    heartbeat: float
-    heartbeat_event: str | None
-    client_timeout: float
-    default_channel: str
-    retry: int | None
-    max_event_size: int
-    max_channels: int
-    max_last_event_id: int
-    streams: StreamLimiter
-    require_token: bool
-    token_max_age: int
-    jwt: JWTVerifier | None
-
-    @cached_property
-    def preamble(self) -> bytes:
-        """First bytes of every stream: a ``retry:`` block or a comment (S1, O1).
-
-        Built once per app, not per connection.
-        """
-        if self.retry is not None:
-            return f"retry: {self.retry}\n\n".encode()
-        if self.heartbeat_event is not None:
-            return self.heartbeat_chunk
-        return encode_comment("stream open")
-
-    @cached_property
-    def heartbeat_chunk(self) -> bytes:
-        """What an idle stream writes: a comment, or the named no-op event."""
-        if self.heartbeat_event is None:
-            return HEARTBEAT
-        return Event("", event=self.heartbeat_event).encode()
-
-    @cached_property
-    def cut_off_gap(self) -> bytes:
-        """The gap event for a client cut off before it got any event (no id)."""
-        return Event('{"last_event_id": null}', event=GAP_EVENT).encode()
 
 
 class EventStream:
@@ -225,55 +147,22 @@ class EventStream:
                 "this app is already set up for flask-eventstream; call init_app() "
                 "once per app (use one EventStream, or a separate app)"
             )
-        for key, value in _DEFAULTS.items():
-            app.config.setdefault(key, value)
-        config = app.config
-        cors = CorsPolicy.from_config(
-            config["EVENTSTREAM_CORS_ORIGINS"], config["EVENTSTREAM_CORS_CREDENTIALS"]
-        )
-        streams = StreamLimiter(config["EVENTSTREAM_MAX_STREAMS"])
-        broker_options: dict[str, Any] = {
-            "history": int(config["EVENTSTREAM_HISTORY"]),
-            "buffer": int(config["EVENTSTREAM_BUFFER"]),
-        }
-        if not config["EVENTSTREAM_BROKER_URL"].startswith("memory:"):
-            broker_options["key_prefix"] = config["EVENTSTREAM_REDIS_PREFIX"]
+        settings = Settings.from_config(app.config)
         broker = self._broker
         if broker is None:
-            broker = _broker_from_url(config["EVENTSTREAM_BROKER_URL"], broker_options)
-            if isinstance(fanout := getattr(broker, "fanout", None), brokers.Fanout):
-                fanout.buffer_bytes = int(config["EVENTSTREAM_BUFFER_BYTES"])
-        heartbeat = float(config["EVENTSTREAM_HEARTBEAT"])
-        app.extensions["eventstream"] = _State(
-            broker=broker,
-            heartbeat=heartbeat,
-            heartbeat_event=_checked_heartbeat_event(
-                config["EVENTSTREAM_HEARTBEAT_EVENT"]
-            ),
-            client_timeout=client_timeout(
-                heartbeat, config["EVENTSTREAM_CLIENT_TIMEOUT"]
-            ),
-            default_channel=validate_channel(config["EVENTSTREAM_DEFAULT_CHANNEL"]),
-            retry=_checked_retry(config["EVENTSTREAM_RETRY"]),
-            max_event_size=int(config["EVENTSTREAM_MAX_EVENT_SIZE"]),
-            max_channels=int(config["EVENTSTREAM_MAX_CHANNELS"]),
-            max_last_event_id=int(config["EVENTSTREAM_MAX_LAST_EVENT_ID"]),
-            streams=streams,
-            require_token=bool(config["EVENTSTREAM_REQUIRE_TOKEN"]),
-            token_max_age=int(config["EVENTSTREAM_TOKEN_MAX_AGE"]),
-            jwt=_jwt_verifier(config),
-        )
+            broker = _broker_from_url(settings.broker_url, settings.broker_options)
+        app.extensions["eventstream"] = AppState(settings, broker)
         _report_drops(app, broker)
-        if config["EVENTSTREAM_METRICS"]:
+        if settings.metrics:
             from .metrics import install
 
             install(app)
         blueprint = Blueprint("eventstream", __name__)
         blueprint.add_url_rule("", "stream", self._subscribe_view)
         blueprint.add_url_rule("/<channel>", "stream", self._subscribe_view)
-        if cors is not None:
-            blueprint.after_request(cors.apply)
-        prefix = self._url_prefix or config["EVENTSTREAM_URL_PREFIX"]
+        if settings.cors is not None:
+            blueprint.after_request(settings.cors.apply)
+        prefix = self._url_prefix or settings.url_prefix
         if prefix is not None:
             app.register_blueprint(blueprint, url_prefix=prefix)
         self._apps.add(app)
@@ -322,11 +211,13 @@ class EventStream:
                 raise TypeError("give the event type as event= or type=, not both")
             event = type
         app = self._app()
-        state = _state(app)
-        name = validate_channel(state.default_channel if channel is None else channel)
+        state = app_state(app)
+        name = validate_channel(
+            state.settings.default_channel if channel is None else channel
+        )
         text = data if isinstance(data, str) else app.json.dumps(data)
         sse = Event(text, event=event, id=id, retry=retry)
-        _check_size(text, state.max_event_size)
+        _check_size(text, state.settings.max_event_size)
         sent = state.broker.publish(name, sse, idempotency_key=idempotency_key)
         logger.debug("published event %s to channel %r", sent.id, name)
         event_published.send(app, channel=name, event=sent)
@@ -334,11 +225,11 @@ class EventStream:
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Live subscribers in this process, on *channel* or on all channels."""
-        return _state(self._app()).broker.subscriber_count(channel)
+        return app_state(self._app()).broker.subscriber_count(channel)
 
     def broker(self) -> brokers.Broker:
         """The current app's broker."""
-        return _state(self._app()).broker
+        return app_state(self._app()).broker
 
     # Who may subscribe
 
@@ -380,7 +271,7 @@ class EventStream:
         """
         app = self._app()
         names = [channels] if isinstance(channels, str) else list(channels)
-        age = _state(app).token_max_age if max_age is None else max_age
+        age = app_state(app).settings.token_max_age if max_age is None else max_age
         return mint_token(signing_keys(app), names, max_age=age)
 
     def stream_url(
@@ -400,7 +291,7 @@ class EventStream:
         names = [channels] if isinstance(channels, str) else list(channels or ())
         query = [("channel", name) for name in names] if len(names) > 1 else []
         if token:
-            grant = names or [_state(self._app()).default_channel]
+            grant = names or [app_state(self._app()).settings.default_channel]
             query.append((TOKEN_PARAM, self.subscribe_token(grant, max_age=max_age)))
         path = {"channel": names[0]} if len(names) == 1 else {}
         url = url_for("eventstream.stream", _external=_external, **path)
@@ -429,7 +320,7 @@ class EventStream:
         and *source* is not run.
         """
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state = _state(app)
+        state = app_state(app)
         if not state.streams.acquire():
             return over_capacity()
         if inspect.isgeneratorfunction(source):
@@ -442,7 +333,7 @@ class EventStream:
         if has_request_context():
             sock = client_socket(request_ctx.request.environ)
             if sock is not None:
-                bound_dead_client(sock, state.client_timeout)
+                bound_dead_client(sock, state.settings.client_timeout)
 
         def encode(item: Any) -> bytes:
             return event_from_item(item, app.json.dumps).encode()
@@ -451,7 +342,7 @@ class EventStream:
             body = SourceStream(
                 items,
                 encode=encode,
-                heartbeat=state.heartbeat,
+                heartbeat=state.settings.heartbeat,
                 heartbeat_chunk=state.heartbeat_chunk,
                 preamble=state.preamble,
                 context=context,
@@ -459,19 +350,19 @@ class EventStream:
         except BaseException:
             state.streams.release()
             raise
-        return event_stream_response(CountedBody(body, state.streams))
+        return event_stream_response(app, CountedBody(body, state.streams))
 
     # The endpoint
 
     def _subscribe_view(self, channel: str | None = None) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-        return subscribe_response(app, _state(app), channel, self._authorizers)
+        return subscribe_response(app, app_state(app), channel, self._authorizers)
 
     def _app(self) -> Flask:
         return current_or_only_app(self._apps, "this EventStream serves")
 
 
-def _broker_from_url(url: str, options: dict[str, Any]) -> brokers.Broker:
+def _broker_from_url(url: str, options: Mapping[str, Any]) -> brokers.Broker:
     """:func:`brokers.from_url`, saying which extra a Redis URL needs.
 
     :raises ImportError: for a Redis URL without the ``redis`` package installed.
@@ -485,13 +376,6 @@ def _broker_from_url(url: str, options: dict[str, Any]) -> brokers.Broker:
             f"EVENTSTREAM_BROKER_URL {url!r} needs the Redis client: "
             'pip install "flask-eventstream[redis]"'
         ) from exc
-
-
-def _jwt_verifier(config: Mapping[str, Any]) -> JWTVerifier | None:
-    key = config["EVENTSTREAM_JWT_KEY"]
-    if key is None:
-        return None
-    return JWTVerifier(key, tuple(config["EVENTSTREAM_JWT_ALGORITHMS"]))
 
 
 def current_or_only_app(apps: Iterable[Flask], serving: str) -> Flask:
@@ -511,45 +395,16 @@ def current_or_only_app(apps: Iterable[Flask], serving: str) -> Flask:
     )
 
 
-def _checked_heartbeat_event(value: Any) -> str | None:
-    """``EVENTSTREAM_HEARTBEAT_EVENT``: an event type, never ``message`` (which
-    would fire every page's ``onmessage``)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or value == "message":
-        raise ValueError(
-            "EVENTSTREAM_HEARTBEAT_EVENT must be an event type other than "
-            f"'message' (pages ignore it unless they listen for it), got {value!r}"
-        )
-    Event(event=value)  # no CR or LF
-    return value
-
-
-def _checked_retry(value: Any) -> int | None:
-    """``EVENTSTREAM_RETRY`` checked as ``Event`` checks ``retry`` (S8)."""
-    if value is not None:
-        Event(retry=value)
-    return value  # type: ignore[no-any-return]
-
-
-def _state(app: Flask) -> _State:
-    try:
-        state: _State = app.extensions["eventstream"]
-    except KeyError:
-        raise RuntimeError(
-            "flask-eventstream is not set up on this app: call "
-            "EventStream(app) or events.init_app(app) first"
-        ) from None
-    return state
-
-
 def _report_drops(app: Flask, broker: brokers.Broker) -> None:
-    """Send :data:`~.signals.subscriber_dropped` for subscribers cut off as too slow."""
-    fanout = getattr(broker, "fanout", None)
-    if not isinstance(fanout, brokers.Fanout) or fanout.on_drop is not None:
-        return  # a broker without a local fan-out, or one another app watches
+    """Send :data:`~.signals.subscriber_dropped` for *app* with each subscriber
+    of *broker* cut off as too slow (and log it)."""
+    fanout = broker.fanout
+    app_ref = weakref.ref(app)  # the receiver must not keep the app alive
 
-    def dropped(subscription: brokers.Subscription) -> None:
+    def dropped(sender: brokers.Fanout, subscription: brokers.Subscription) -> None:
+        owner = app_ref()
+        if owner is None:
+            return
         logger.warning(
             "dropped a subscriber of %s: more than %d events or %d bytes behind; "
             "it will reconnect and replay",
@@ -557,9 +412,9 @@ def _report_drops(app: Flask, broker: brokers.Broker) -> None:
             fanout.buffer,
             fanout.buffer_bytes,
         )
-        subscriber_dropped.send(app, channels=subscription.channels)
+        subscriber_dropped.send(owner, channels=subscription.channels)
 
-    fanout.on_drop = dropped
+    fanout_dropped.connect(dropped, sender=fanout, weak=False)
 
 
 def _check_size(data: str, limit: int) -> None:

@@ -23,7 +23,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from ._extension import EventStream, _State, _state
+from ._extension import EventStream
+from ._settings import AppState, app_state
 from .brokers import MemoryBroker
 from .exceptions import ClientError, EventStreamError
 
@@ -159,9 +160,9 @@ def stats_command(as_json: bool) -> None:
         click.echo(f"  {name}\t{subscribers}")
 
 
-def _require_state() -> _State:
+def _require_state() -> AppState:
     try:
-        return _state(current_app)
+        return app_state(current_app)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -19,6 +19,20 @@ Callers that already catch :class:`ValueError` for bad input keep working.
 
 from __future__ import annotations
 
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "ClientError",
+    "EventStreamError",
+    "EventTooLarge",
+    "InvalidChannel",
+    "InvalidEvent",
+    "InvalidLastEventId",
+    "PublishUncertain",
+    "ReconnectFailed",
+    "StreamRefused",
+]
+
 
 class EventStreamError(Exception):
     """Base class of every error this library raises on purpose."""

@@ -38,7 +38,8 @@ import logging
 import signal
 from typing import Any
 
-from .brokers import MemoryBroker, end_all_streams
+from .brokers import MemoryBroker
+from .brokers._fanout import end_all_streams
 
 __all__ = [
     "install_sigterm_handler",

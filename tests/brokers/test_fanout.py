@@ -10,6 +10,7 @@ from flask import Flask
 
 from flask_eventstream import Event, EventParser, EventStream
 from flask_eventstream.brokers import Broker, Fanout, Subscription
+from flask_eventstream.brokers._fanout import fanout_dropped
 from flask_eventstream.brokers._subscription import TOO_SLOW, WRITE_SIZE
 from flask_eventstream.signals import subscriber_dropped
 
@@ -178,17 +179,18 @@ class TestDropCallbacks:
         fanout = _fanout(broker)
         calls: list[tuple[str, ...]] = []
 
-        def fail(sub: Subscription) -> None:
-            calls.append(sub.channels)
+        def fail(sender: Fanout, subscription: Subscription) -> None:
+            calls.append(subscription.channels)
             raise RuntimeError("receiver bug")
 
-        fanout.on_drop = fail
+        fanout_dropped.connect(fail, sender=fanout)
         fanout.buffer = 1
         slow = broker.subscribe(["fail"])
         fast = Reader(broker.subscribe(["fail"]))
         for n in range(3):
             broker.publish("fail", Event(str(n)))
             fast.read(n + 1)
+        fanout_dropped.disconnect(fail, sender=fanout)
         assert calls == [("fail",)]
         slow.close()
         fast.subscription.close()

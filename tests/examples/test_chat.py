@@ -1,4 +1,4 @@
-"""The chat example (seed answer 1): posts from a form reach every open page."""
+"""The chat example: posts from a form reach every open page, on any broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The clock example (seed answer 2): a generator streams the time every second."""
+"""The clock example (a plain generator): a generator streams the time every second."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_generator_is_closed_when_the_page_goes_away(
     open_stream: Callable[..., StreamClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Unlike the seed's endless generator, ticks() stops once nobody listens."""
+    """Unlike an endless generator, ticks() stops once nobody listens."""
     clock = example("clock")
     closed = threading.Event()
     ticks = clock.ticks

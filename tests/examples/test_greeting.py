@@ -1,4 +1,4 @@
-"""The greeting example (seed answer 3): a typed JSON event, sent by a POST."""
+"""The greeting example (Flask-SSE style): a typed JSON event, sent by a POST."""
 
 from __future__ import annotations
 

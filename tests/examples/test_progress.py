@@ -1,4 +1,4 @@
-"""The progress example (seed answer 4): a job's progress bar and a time display."""
+"""The progress example: a job's progress bar and a time display, no Redis."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ class TestJob:
         serve: Callable[..., LiveServer],
         open_stream: Callable[..., StreamClient],
     ) -> None:
-        """The seed's shared queue gave each step to one page only."""
+        """Every page gets every step (a queue shared by a channel's pages would
+        give each step to one of them only)."""
         progress = example("progress", PROGRESS_STEP_SECONDS=0.01)
         url = serve(progress.app).url
         job = progress.app.test_client().post("/start").get_json()

@@ -11,20 +11,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._fanout import Fanout, end_all_streams
+from ._fanout import Fanout
 from ._memory import MemoryBroker
-from ._protocol import GAP_EVENT, Broker
+from ._protocol import Broker
 from ._subscription import Subscription
 
-__all__ = [
-    "GAP_EVENT",
-    "Broker",
-    "Fanout",
-    "MemoryBroker",
-    "Subscription",
-    "end_all_streams",
-    "from_url",
-]
+__all__ = ["Broker", "Fanout", "MemoryBroker", "Subscription", "from_url"]
 
 _REDIS_SCHEMES = {
     *("redis", "rediss", "unix", "valkey", "valkeys"),

@@ -14,8 +14,10 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from blinker import Signal
 
 from .._event import encode_comment
 from ._subscription import NEVER, Subscription
@@ -37,6 +39,12 @@ _TICKS_PER_HEARTBEAT = 8
 SHUTTING_DOWN = encode_comment(
     "eventstream: this server is shutting down; reconnect with Last-Event-ID"
 )
+
+#: Sent (by the fan-out, as ``sender``) with each ``subscription`` cut off as too
+#: slow, once the fan-out's lock is released, in the thread that cut it off: so a
+#: receiver may publish. The extension turns it into
+#: :data:`~flask_eventstream.signals.subscriber_dropped` for its app.
+fanout_dropped = Signal("eventstream.fanout-dropped")
 
 # Every fan-out of this process, so that a shutdown hook (a signal handler, which
 # knows no app) can end all open streams. Weak: it keeps no broker alive and holds
@@ -95,8 +103,6 @@ class Fanout:
         reconnects and replays.
     :param buffer_bytes: how many bytes may wait for one subscriber; past that too it
         is cut off (one event of any size may always wait).
-    :param on_drop: called with each subscription cut off as too slow, after the
-        lock is released (so it may publish).
 
     Under gevent, a publisher that finds a reader's queue half way to
     :attr:`buffer` yields once (``gevent.sleep(0)``) after the lock is released,
@@ -108,7 +114,6 @@ class Fanout:
         *,
         buffer: int = 1000,
         buffer_bytes: int = BUFFER_BYTES,
-        on_drop: Callable[[Subscription], None] | None = None,
     ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer must be at least 1, got {buffer}")
@@ -117,7 +122,6 @@ class Fanout:
         self.lock = FanoutLock()
         self.buffer = buffer
         self.buffer_bytes = buffer_bytes
-        self.on_drop = on_drop
         self._by_channel: dict[str, set[Subscription]] = {}
         # Subscriptions that skip events up to a position (see subscribe); rare.
         self._floors: dict[Subscription, Any] = {}
@@ -159,8 +163,8 @@ class Fanout:
     def deliver(self, channel: str, chunk: bytes, order: Any = None) -> None:
         """Queue *chunk* for every subscriber of *channel*. Call under the lock.
 
-        Subscribers too far behind are cut off; :attr:`on_drop` hears of each once
-        the lock is released.
+        Subscribers too far behind are cut off; :data:`fanout_dropped` is sent for each
+        once the lock is released.
 
         :param order: the event's position, if the broker knows one: a subscriber
             registered with ``after`` at or past it skips the event.
@@ -189,12 +193,15 @@ class Fanout:
             self._dropped(sub)
 
     def _dropped(self, sub: Subscription) -> None:
-        """Forget *sub*, cut off; have its write ended and :attr:`on_drop` told."""
+        """Forget *sub*, cut off; have its write ended, :data:`fanout_dropped` sent."""
         self._discard(sub)
         if sub.on_cut_off is not None and not sub.reading:
             self.lock.call_after(sub.on_cut_off)
-        if self.on_drop is not None:
-            self.lock.call_after(functools.partial(self.on_drop, sub))
+        if fanout_dropped.receivers:
+            self.lock.call_after(functools.partial(self._send_dropped, sub))
+
+    def _send_dropped(self, sub: Subscription) -> None:
+        fanout_dropped.send(self, subscription=sub)
 
     def _let_readers_run(self) -> None:
         self._yielding = False

@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
-from .._event import Event
+from .._event import Event, with_id
 from ._fanout import BUFFER_BYTES, Fanout
 from ._protocol import Broker
 from ._subscription import Subscription
@@ -119,7 +118,7 @@ class MemoryBroker(Broker):
                     return known.event
             self._seq += 1
             if event.id is None:
-                event = replace(event, id=str(self._seq))
+                event = with_id(event, str(self._seq))
             if stored is None:
                 stored = self._channels[channel] = _Channel(
                     self._history, self._forgotten

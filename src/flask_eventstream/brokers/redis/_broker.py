@@ -13,13 +13,13 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from ..._event import Event
-from .._fanout import Fanout
+from ..._event import Event, with_id
+from .._fanout import BUFFER_BYTES, Fanout
 from .._protocol import Broker
 from .._subscription import Subscription
 from ._entries import (
@@ -73,6 +73,8 @@ class RedisBroker(Broker):
         a primary that Sentinel watches (the grammar is in ``docs/redis.md``).
     :param history: events kept per channel for replay (at least; see above).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
+    :param buffer_bytes: bytes that may wait for one slow subscriber before it is cut
+        off.
     :param key_prefix: put before every key, so several apps can share one Redis.
     :param stats_interval: seconds between two writes of this process's subscriber
         counts to Redis (its hash expires after three); the listener's XREAD blocks
@@ -97,6 +99,7 @@ class RedisBroker(Broker):
         *,
         history: int = 1000,
         buffer: int = 1000,
+        buffer_bytes: int = BUFFER_BYTES,
         key_prefix: str = "eventstream:",
         stats_interval: float = BLOCK_MS / 1000,
     ) -> None:
@@ -130,7 +133,7 @@ class RedisBroker(Broker):
         self._pool = pools.shared
         self._where = pools.where
         self._redis = Redis(connection_pool=self._pool)
-        self._fanout = Fanout(buffer=buffer)
+        self._fanout = Fanout(buffer=buffer, buffer_bytes=buffer_bytes)
         self._positions = Positions()
         # Channels with subscribers here whose cursor is being read from Redis (by
         # the subscription that added them), and the event set once it is known.
@@ -166,23 +169,10 @@ class RedisBroker(Broker):
         self._reader = History(self._redis, key=self.key, history=history)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        history: int = 1000,
-        buffer: int = 1000,
-        key_prefix: str = "eventstream:",
-        stats_interval: float = BLOCK_MS / 1000,
-    ) -> RedisBroker:
-        """The broker for *url*; what ``EVENTSTREAM_BROKER_URL`` calls."""
-        return cls(
-            url,
-            history=history,
-            buffer=buffer,
-            key_prefix=key_prefix,
-            stats_interval=stats_interval,
-        )
+    def from_url(cls, url: str, **options: Any) -> RedisBroker:
+        """The broker for *url*, with the constructor's *options*; what
+        ``EVENTSTREAM_BROKER_URL`` calls."""
+        return cls(url, **options)
 
     @property
     def fanout(self) -> Fanout:
@@ -215,7 +205,7 @@ class RedisBroker(Broker):
         raw = self._publisher.store(channel, event, idempotency_key=idempotency_key)
         self._positions.seen(parse_id(raw))
         if event.id is None:
-            event = replace(event, id=raw.decode())
+            event = with_id(event, raw.decode())
         return event
 
     def subscribe(

@@ -1,4 +1,4 @@
-# The seed's Flask-SSE answer, verbatim but for its import (see tests/test_compat.py).
+# Flask-SSE's README example, verbatim but for its import (see tests/test_compat.py).
 # ruff: noqa: I001
 # fmt: off
 from flask import Flask
