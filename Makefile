@@ -14,7 +14,7 @@ install: $(BIN)/python
 
 ## make demo: the chat example on the embedded memory broker, http://127.0.0.1:5000
 demo: install
-	$(BIN)/flask --app examples/chat/app.py run --host 127.0.0.1 --port 5000
+	$(BIN)/flask --app examples/chat/app.py run  # 127.0.0.1:5000, or FLASK_RUN_PORT
 
 system-deps:
 	bash scripts/system-deps.sh

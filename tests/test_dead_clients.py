@@ -376,3 +376,50 @@ def test_heartbeats_are_at_most_one_interval_apart_on_the_wire(
     # Slack for a loaded machine; they used to come up to two intervals apart.
     assert max(gaps) < 1.3 * HEARTBEAT, gaps
     assert min(gaps) > 0.5 * HEARTBEAT, gaps
+
+
+@pytest.mark.skipif(
+    not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's"
+)
+@pytest.mark.parametrize(
+    ("config", "milliseconds"),
+    [
+        ({"EVENTSTREAM_HEARTBEAT": 10}, 5000),  # the default: half the heartbeat
+        ({"EVENTSTREAM_HEARTBEAT": 0.5}, 1000),  # ... at least 1 s
+        ({"EVENTSTREAM_HEARTBEAT": 10, "EVENTSTREAM_CLIENT_TIMEOUT": 3}, 3000),
+    ],
+    ids=["half-the-heartbeat", "at-least-1s", "configured"],
+)
+def test_client_timeout_bounds_unacknowledged_bytes_as_documented(
+    config: dict[str, float], milliseconds: int
+) -> None:
+    """docs/configuration.md: ``EVENTSTREAM_CLIENT_TIMEOUT`` is set on the stream's
+    socket (``TCP_USER_TIMEOUT``); ``None`` is half the heartbeat, at least 1 s."""
+    from flask import Flask
+
+    from flask_eventstream import EventStream
+
+    from .conftest import LiveServer
+
+    app = Flask(__name__)
+    app.config.update(TESTING=True, **config)
+    events = EventStream(app)
+    sockets: list[socket.socket] = []
+    inner = app.wsgi_app
+
+    def keep_socket(environ: dict[str, Any], start_response: Any) -> Any:
+        sockets.append(environ["werkzeug.socket"])
+        return inner(environ, start_response)
+
+    app.wsgi_app = keep_socket  # type: ignore[method-assign]
+    server = LiveServer(app)
+    stream = StreamClient(f"{server.url}/stream/news")
+    try:
+        stream.read_until(lambda s: len(s.raw) > 0)
+        (sock,) = sockets
+        set_to = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        assert set_to == milliseconds
+    finally:
+        stream.close()
+        events.broker().close()
+        server.stop()

@@ -8,17 +8,18 @@ pytest, for one), so only a fresh venv shows a missing requirement of an extra.
 from __future__ import annotations
 
 import os
-import signal
-import socket
+import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from .conftest import missing
+from .docs_blocks import code_block
+from .docs_shell import ShellServer, commands, free_port
 from .helpers import StreamClient, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +49,6 @@ def _run(*args: str | Path, cwd: Path, timeout: float) -> None:
         timeout=timeout,
     )
     assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _post(url: str) -> str:
@@ -103,65 +97,109 @@ def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     return _install(wheel, "redis,gevent", tmp_path)
 
 
-@pytest.fixture
-def production_server(tmp_path: Path, fresh_venv: Path) -> Iterator[str]:
-    """The README's production command on a tiny app, from the fresh venv."""
-    (tmp_path / "app.py").write_text(APP)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        fresh_venv / "bin" / "gunicorn",
-        "-k", "gevent",
-        "--worker-connections", "100",
-        "-c", "python:flask_eventstream.gunicorn",
-        "--bind", f"127.0.0.1:{port}",
-        "app:app",
-    ]  # fmt: skip
+def _venv_env(venv: Path, **extra: str) -> dict[str, str]:
+    """The environment of a shell in *venv*: its programs first on PATH."""
     env = {
-        k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "VIRTUAL_ENV"} and not k.startswith("GUNICORN")
     }
-    server = subprocess.Popen([str(arg) for arg in command], cwd=tmp_path, env=env)
-
-    def ready() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {server.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_for(ready, timeout=30)
-        yield url
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    env["VIRTUAL_ENV"] = str(venv)
+    env.update(extra)
+    return env
 
 
-def test_readme_production_command_serves_a_stream_after_a_fresh_install(
-    production_server: str,
-) -> None:
-    first = _post(f"{production_server}/send")
-    _post(f"{production_server}/send")
-    stream = StreamClient(
-        f"{production_server}/stream", headers={"Last-Event-ID": first}, timeout=10
-    )
-    try:
+#: ``pip`` for the docs' commands: ``flask-eventstream`` is the wheel under test,
+#: installed into the shell's venv by this interpreter's pip.
+PIP_SHIM = """\
+pip() {{
+    [ "$1" = install ] || return 2
+    shift
+    "{python}" -m pip --python "$VIRTUAL_ENV/bin/python" \\
+        --disable-pip-version-check -q install "${{@/flask-eventstream/{wheel}}}"
+}}
+"""
+
+
+@pytest.fixture
+def serve_block(
+    tmp_path: Path,
+) -> Iterator[Callable[[str, Path], StreamClient]]:
+    """``serve_block(commands, venv)``: run a docs block that starts gunicorn on
+    ``app:app`` (the tiny APP) in *venv*, bound to a free port through
+    ``GUNICORN_CMD_ARGS``; returns a stream from it once it serves."""
+    started: list[ShellServer] = []
+    streams: list[StreamClient] = []
+
+    def serve(script: str, venv: Path) -> StreamClient:
+        (tmp_path / "app.py").write_text(APP)
+        port = free_port()
+        env = _venv_env(venv, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}")
+        server = ShellServer(script, cwd=tmp_path, env=env, port=port)
+        started.append(server)
+        server.wait_serving("/nothing", timeout=300)
+        url = server.url
+        first = _post(f"{url}/send")
+        _post(f"{url}/send")
+        stream = StreamClient(
+            f"{url}/stream", headers={"Last-Event-ID": first}, timeout=10
+        )
+        streams.append(stream)
         assert stream.status == 200
         (event,) = stream.read_events(1, timeout=10)
         assert event.data == "hello from a fresh install"
-    finally:
+        stream.server_log = server.log  # type: ignore[attr-defined]
+        return stream
+
+    yield serve
+    for stream in streams:
         stream.close()
+    for server in started:
+        server.stop()
+
+
+def test_readme_production_command_serves_a_stream_after_a_fresh_install(
+    fresh_venv: Path, serve_block: Callable[[str, Path], StreamClient]
+) -> None:
+    (command,) = commands(code_block("README.md", "sh", "gunicorn -k gevent"))
+    serve_block(command, fresh_venv)
+
+
+def test_deploying_gevent_block_installs_and_serves(
+    tmp_path: Path, wheel: Path, serve_block: Callable[[str, Path], StreamClient]
+) -> None:
+    """All of it: ``pip install`` of the wheel, ``ulimit``, gunicorn."""
+    block = code_block("deploying.md", "sh", 'pip install "flask-eventstream[gevent]"')
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path, timeout=60)
+    serve_block(PIP_SHIM.format(python=sys.executable, wheel=wheel) + block, venv)
+
+
+def test_deploying_gunicorn_conf_py_serves_with_the_hook(
+    tmp_path: Path, fresh_venv: Path, serve_block: Callable[[str, Path], StreamClient]
+) -> None:
+    conf = code_block("deploying.md", "python", "# gunicorn.conf.py")
+    (tmp_path / "gunicorn.conf.py").write_text(conf)
+    serve_block("gunicorn app:app", fresh_venv)
+
+
+def test_deploying_gthread_block_serves_and_warns_of_the_memory_broker(
+    fresh_venv: Path, serve_block: Callable[[str, Path], StreamClient]
+) -> None:
+    (command,) = commands(code_block("deploying.md", "sh", "--worker-class gthread"))
+    stream = serve_block(command, fresh_venv)
+    log = stream.server_log  # type: ignore[attr-defined]
+    wait_for(lambda: "2 workers each run their own memory broker" in log(), timeout=10)
 
 
 #: For each documented extra alone, a script that what it promises makes work.
 EXTRAS = {
     "": """
+from importlib.metadata import requires
+# index.md: "Flask is the only dependency".
+plain = [r for r in requires("flask-eventstream") if "extra ==" not in r]
+assert len(plain) == 1 and plain[0].lower().startswith("flask>"), plain
 from flask import Flask
 from flask_eventstream import EventStream
 app = Flask("app")
@@ -178,6 +216,9 @@ from flask_eventstream.brokers.redis import RedisBroker
 """,
     "client": """
 from flask_eventstream.client import EventSource
+""",
+    "gevent": """
+from gunicorn.workers.ggevent import GeventWorker
 """,
     "metrics": """
 from flask import Flask
@@ -199,6 +240,28 @@ token = jwt.encode({"exp": int(time.time()) + 60, "channels": ["a"]}, key, "ES25
 assert JWTVerifier(public, ("ES256",)).check(token, ["a"]) is None
 """,
 }
+
+
+def _pip_extras(line: str) -> str:
+    """The extras a docs ``pip install`` line asks for ("" for none)."""
+    found = re.fullmatch(
+        r'pip install (flask-eventstream|"flask-eventstream\[(\w+)\]")', line
+    )
+    assert found, f"not a plain install of the package: {line!r}"
+    return found.group(2) or ""
+
+
+def test_every_documented_pip_install_is_one_this_module_runs() -> None:
+    """Each line installs ``flask-eventstream[extra]``: the spec the tests below
+    give pip with the wheel, for each extra, into a fresh venv."""
+    lines = [
+        *commands(code_block("index.md", "sh", "pip install flask-eventstream")),
+        *commands(code_block("quickstart.md", "sh", "pip install flask-eventstream")),
+        *commands(code_block("redis.md", "sh", "pip install")),
+    ]
+    documented = {_pip_extras(line) for line in lines}
+    assert documented == set(EXTRAS) - {"jwt"}, documented
+    assert "[jwt]" in (ROOT / "docs" / "security.md").read_text()
 
 
 @pytest.mark.parametrize("extras", sorted(EXTRAS), ids=lambda e: e or "no-extra")

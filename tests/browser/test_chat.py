@@ -31,7 +31,7 @@ def open_chat(context: BrowserContext, url: str, user: str) -> Page:
     page.fill("input[name=user]", user)
     page.click("text=Set name")
     expect(page.locator("input[name=user]")).to_have_value(user, timeout=TIMEOUT_MS)
-    expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT_MS)
     return page
 
 
@@ -131,7 +131,8 @@ def test_a_page_that_lost_its_stream_shows_what_it_missed_once(
     say(ada, "during two")
     cutter.resume()
 
-    expect(ada.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+    expect(ada.locator("#status")).to_have_text("replayed 2 missed", timeout=TIMEOUT_MS)
+    expect(ada.locator("#status")).to_have_attribute("data-state", "replayed")
     say(ada, "after")
     shown(ada, "ada: before", "ada: during one", "ada: during two", "ada: after")
     # The browser resumed from the last event it had seen (C8, C11).

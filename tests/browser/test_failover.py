@@ -57,8 +57,10 @@ START_TIMEOUT = 20.0
 class ChatBackend:
     """``flask run`` serving the chat example on a free port, its output in a file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(
+        self, workdir: Path, env: dict[str, str], port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = workdir / f"backend-{self.port}.log"
         with self.log_path.open("wb") as log:
@@ -295,7 +297,7 @@ def test_page_resumes_on_the_other_process_when_its_process_is_killed(
     # the page before the login redirect was another one).
     with ada.expect_response(is_stream, timeout=TIMEOUT_MS) as first:
         ada.reload()
-    expect(ada.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+    expect(ada.locator("#status")).to_have_text("live", timeout=TIMEOUT_MS)
     ada.evaluate(RECORD_MESSAGES)
     say(ada, "before one")
     say(ada, "before two")
@@ -318,7 +320,8 @@ def test_page_resumes_on_the_other_process_when_its_process_is_killed(
         for route in held:
             route.continue_()
     ada.unroute(STREAM)
-    expect(ada.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+    # The badge counts what the other process replayed.
+    expect(ada.locator("#status")).to_have_text("replayed 2 missed", timeout=TIMEOUT_MS)
     say(ada, "after")
     lines = ["before one", "before two", "during one", "during two", "after"]
     shown(ada, *(f"ada: {line}" for line in lines))

@@ -23,7 +23,7 @@ def test_greeting_listener_gets_the_parsed_json(
     url = serve(greeting.app).url
     page = new_context().new_page()
     page.goto(url + "/")
-    expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT_MS)
     page.click("#send")  # fetch() POST, same origin
     page.click("#send")
     # data.message from JSON.parse, not the raw '{"message": "Hello!"}'

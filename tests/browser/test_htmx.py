@@ -71,7 +71,9 @@ def test_comments_posted_while_the_stream_was_down_are_replayed(
         client.post("/comments", data=form, headers={"HX-Request": "true"})
     cutter.resume()
 
-    expect(page.locator("#status")).to_have_text("live", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text(
+        "replayed 2 missed", timeout=TIMEOUT_MS
+    )
     expect(page.locator("#comments .text")).to_have_text(
         ["before", "during one", "during two"], timeout=TIMEOUT_MS
     )

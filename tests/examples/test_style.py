@@ -32,3 +32,16 @@ def test_connection_state_is_an_element_styles_can_follow(
 ) -> None:
     page = example(name).app.test_client().get("/").text
     assert 'id="status" class="state" data-state="' in page
+
+
+@pytest.mark.parametrize("name", ["chat", "greeting", "htmx"])
+def test_pages_with_a_live_stream_load_the_shared_connection_badge(
+    example: Callable[..., ModuleType], name: str
+) -> None:
+    """The badge (connecting / live / reconnecting / replayed N missed) is one
+    script, ``examples/static/examples.js``; tests/browser/ checks what it shows."""
+    client = example(name).app.test_client()
+    assert '<script src="/static/examples.js"></script>' in client.get("/").text
+    with client.get("/static/examples.js") as response:
+        assert response.status_code == 200
+        assert b"class ConnectionBadge" in response.data

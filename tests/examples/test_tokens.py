@@ -23,8 +23,8 @@ from flask_eventstream import Event, EventParser
 from flask_eventstream.client import EventSource
 
 from ..conftest import LiveServer, missing
+from ..docs_blocks import code_block
 from ..helpers import wait_for
-from ..test_docs_samples import code_block
 from ..test_servers import _free_port, _get, stop_server, wait_until_serving
 from .loader import EXAMPLES
 
