@@ -191,8 +191,11 @@ def serve(
         host: str = "127.0.0.1",
         heartbeat: float = HEARTBEAT,
         buffer: int = 1000,
+        buffer_bytes: int | None = None,
     ) -> Served:
         environ = {"EVENTSTREAM_BUFFER": str(buffer)}
+        if buffer_bytes is not None:
+            environ["EVENTSTREAM_BUFFER_BYTES"] = str(buffer_bytes)
         server: Werkzeug | Gunicorn
         if kind == "werkzeug":
             environ["EVENTSTREAM_HEARTBEAT"] = str(heartbeat)
@@ -295,8 +298,13 @@ def _read_until(sock: socket.socket, last: bytes, got: list[bytes]) -> None:
 def test_a_client_cut_off_for_not_reading_is_freed_at_once(
     serve: Callable[..., Served], server: str
 ) -> None:
-    """Its write is ended: thread or greenlet, fd, slot and memory come back."""
-    served = serve(server, heartbeat=30, buffer=100)
+    """Its write is ended: thread or greenlet, fd, slot and memory come back.
+
+    The healthy client reads a 12.8 MB burst: the byte limit is set above it, so
+    that on a busy machine it is not cut off for lagging (by bytes, whatever
+    its progress) while the stalled ones are (by count, with no progress).
+    """
+    served = serve(server, heartbeat=30, buffer=100, buffer_bytes=64 * 2**20)
     served.publish(1000, size=32_000)  # fills the history: memory at its level
     before = served.stats()
     stuck = [_open_raw(served.url) for _ in range(5)]  # gthread: 8 threads

@@ -2,7 +2,8 @@
 
 Environment: ``EVENTSTREAM_HEARTBEAT`` (seconds, default 15),
 ``EVENTSTREAM_BROKER_URL`` (default ``memory://``), and, when set,
-``EVENTSTREAM_REDIS_PREFIX``, ``EVENTSTREAM_HISTORY`` and ``EVENTSTREAM_BUFFER``.
+``EVENTSTREAM_REDIS_PREFIX``, ``EVENTSTREAM_HISTORY``, ``EVENTSTREAM_BUFFER`` and
+``EVENTSTREAM_BUFFER_BYTES``.
 
 - ``GET /stream?channel=...``: the extension's stream endpoint;
 - ``POST /publish?channel=...``: publishes the request body as the data of an event,
@@ -35,7 +36,12 @@ app.config["EVENTSTREAM_HEARTBEAT"] = float(
 app.config["EVENTSTREAM_BROKER_URL"] = os.environ.get(
     "EVENTSTREAM_BROKER_URL", "memory://"
 )
-for name in ("EVENTSTREAM_REDIS_PREFIX", "EVENTSTREAM_HISTORY", "EVENTSTREAM_BUFFER"):
+for name in (
+    "EVENTSTREAM_REDIS_PREFIX",
+    "EVENTSTREAM_HISTORY",
+    "EVENTSTREAM_BUFFER",
+    "EVENTSTREAM_BUFFER_BYTES",
+):
     if name in os.environ:
         app.config[name] = os.environ[name]
 events = EventStream(app)
