@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event, EventStream
 from flask_eventstream._bodies import HEARTBEAT
@@ -404,22 +406,28 @@ class TestPublishRetry:
         make_redis_broker: Callable[[str], RedisBroker],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A retry of an attempt whose reply was lost returns the stored entry."""
+        """The reply of a stored attempt is lost: the retry, on a fresh connection,
+        finds the attempt's entry and returns it, storing nothing twice."""
         broker = make_redis_broker(redis_server.url)
         reader = Reader(broker.subscribe(["r"]))
-        # The third publish reuses the first one's token: what redis-py's retry
-        # of a stored attempt sends.
-        tokens = iter(["attempt-a", "attempt-b", "attempt-a", "attempt-c"])
-        monkeypatch.setattr(
-            "flask_eventstream.brokers.redis._publish.secrets.token_hex",
-            lambda n: next(tokens),
-        )
-        first = broker.publish("r", Event("once"))
-        broker.publish("r", Event("other"))  # another publisher in between
-        retried = broker.publish("r", Event("once"))
-        broker.publish("r", Event("last"))
-        assert retried.id == first.id
-        assert [e.data for e in reader.read(3)] == ["once", "other", "last"]
+        broker.publish("r", Event("before"))
+        original = Connection.read_response
+        lost: list[bytes] = []
+
+        def lose_the_first_reply(self: Connection, *args: Any, **kwargs: Any) -> Any:
+            reply = original(self, *args, **kwargs)
+            # The publish script's answer (an entry id), not the listener's.
+            if not lost and isinstance(reply, bytes) and b"-" in reply:
+                lost.append(reply)
+                raise RedisConnectionError("connection reset (test)")
+            return reply
+
+        monkeypatch.setattr(Connection, "read_response", lose_the_first_reply)
+        sent = broker.publish("r", Event("once"))
+        monkeypatch.undo()
+        broker.publish("r", Event("after"))
+        assert lost and sent.id == lost[0].decode()
+        assert [e.data for e in reader.read(3)] == ["before", "once", "after"]
         assert reader.idle()  # nothing more: the retry stored no second entry
         assert len(reader.events) == 3
 

@@ -42,24 +42,27 @@ KEY_TTL = 3600
 #: refused (a stream written by something else) falls back to the stream's own.
 #: A publish is retried once when its connection breaks; if the first attempt was
 #: stored and only the reply was lost, the retry finds the attempt's random token
-#: (field ``t``) among the newest entries and returns that entry's id instead of
-#: storing the event twice. An app's own idempotency key (ARGV[4] is "1") is also
+#: (field ``t``) among the newest ARGV[3] entries and returns that entry's id
+#: instead of storing the event twice. A first attempt has no token to look for
+#: (ARGV[3] is 0), unless the app gave a key: the scan costs Redis more than the
+#: rest of the script. An app's own idempotency key (ARGV[4] is "1") is also
 #: kept under KEYS[3] for an hour, with the entry id, so a retry much later finds it.
 #: Each entry records the stream's newest id before it (field ``p``).
 #: KEYS: stream, last-id key, idempotency key;
-#: ARGV: maxlen, token, dedupe window, keyed, key ttl, field, value, ...
+#: ARGV: maxlen, token, entries to look through, keyed, key ttl, field, value, ...
 XADD = """
 if redis.replicate_commands then redis.replicate_commands() end
 if ARGV[4] == '1' then
     local known = redis.call('GET', KEYS[3])
     if known then return known end
 end
-local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
-for _, entry in ipairs(recent) do
-    local fields = entry[2]
+local look = tonumber(ARGV[3])
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', math.max(look, 1))
+for n = 1, math.min(look, #recent) do
+    local fields = recent[n][2]
     for i = 1, #fields, 2 do
         if fields[i] == 't' and fields[i + 1] == ARGV[2] then
-            return entry[1]
+            return recent[n][1]
         end
     end
 end

@@ -80,7 +80,9 @@ class Publisher:
             f"{self._key(channel)}:key:{token}" if keyed else self._key(channel)
         )
         keys = [self._key(channel), self._last_id_key, idempotency]
-        args = [self._history, token, DEDUPE_WINDOW, int(keyed), KEY_TTL, *fields]
+        # A key may come from a PublishUncertain: look for its earlier attempt.
+        look = DEDUPE_WINDOW if keyed else 0
+        args = [self._history, token, look, int(keyed), KEY_TTL, *fields]
         return self._run(channel, token, keys, args)
 
     def _run(self, channel: str, token: str, keys: list[str], args: list[Any]) -> bytes:
@@ -101,6 +103,8 @@ class Publisher:
             except UNAVAILABLE as exc:
                 failure = exc
                 break  # cannot connect: no second attempt will either
+            if sent:  # the first attempt may have been stored: look for it
+                args = [*args[:2], DEDUPE_WINDOW, *args[3:]]
             try:
                 return self._send(connection, keys, args)
             except _Sent as exc:
