@@ -213,6 +213,8 @@ else:
 """,
     "redis": """
 from flask_eventstream.brokers.redis import RedisBroker
+import redis.connection
+assert redis.connection.DefaultParser.__name__ == "_HiredisParser"
 """,
     "client": """
 from flask_eventstream.client import EventSource
