@@ -1,0 +1,490 @@
+"""The Redis Cluster listener: one per process, reading the announcements of
+new entries (sharded pub/sub) of every channel it has subscribers for.
+
+One ``XREAD`` cannot read streams of several slots (``CROSSSLOT``), so the publish
+script also announces each entry on its channel group's shard channel
+(:data:`._entries.XADD_NOTIFY`). The listener holds one connection per primary
+that serves a channel read here, subscribed (``SSUBSCRIBE``) to those groups'
+shard channels, and waits on all of them at once. Each announcement carries the
+whole entry and the id of the one before it, so the listener proves continuity
+as from ``XREAD``; when it cannot (an announcement lost with a connection, a
+slot moved, the listener just subscribed), it reads the stream itself from its
+cursor (``XRANGE``), and gives the gap event only if the stream cannot show
+that nothing is missing.
+
+Every ``stats_interval``, and after a lost connection, it asks where slots are
+served and checks each channel's stream: a newer last entry than its cursor
+(a trailing announcement lost) is read; a node that restarted, or a replica
+that took over its primary's slots (replication is asynchronous, it may lack
+acknowledged entries), gives the gap event. Ids never go back: the cursor
+stays, a stream whose last id went back is moved past it (``XSETID``), and
+entries at or before the cursor are never delivered.
+
+Owns its connections to the nodes, the record of which node served each
+channel, and (from :class:`~._listener.Listener`) its thread and the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
+
+from redis import Connection, SSLConnection
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from ..base import Fanout
+from ._entries import (
+    ORIGIN,
+    PREVIOUS,
+    EntryId,
+    RawEntry,
+    encode,
+    format_id,
+    gap,
+    parse_id,
+    raw,
+)
+from ._listener import _BATCH, Listener, Positions
+from ._slots import ClusterNames
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Link:
+    """The listener's connection to one primary, in sharded pub/sub mode."""
+
+    connection: Any  # a redis-py Connection, whose methods are untyped
+    #: Shard channels subscribed (confirmed by the node).
+    subscribed: set[str] = field(default_factory=set)
+
+
+class _Node(NamedTuple):
+    """Who served a channel when its cursor was last proven."""
+
+    address: str
+    run_id: str
+    replid: str
+
+
+class ClusterListener(Listener):
+    """The listener of one broker on a Redis Cluster (see the module docstring).
+
+    :param client: the broker's cluster client (shared pools), for reads of the
+        streams, the topology and the listener's bookkeeping.
+    :param names: the keys and shard channels of channels.
+    :param node_options: what its connections to nodes are made with.
+    """
+
+    def __init__(
+        self,
+        *,
+        fanout: Fanout,
+        positions: Positions,
+        client: RedisCluster,
+        names: ClusterNames,
+        node_options: dict[str, Any],
+        stats_key: str,
+        stats_interval: float,
+        where: str,
+        sender: object,
+    ) -> None:
+        super().__init__(
+            fanout=fanout,
+            positions=positions,
+            pool=None,
+            redis=client,
+            key=names.key,
+            stats_key=stats_key,
+            epoch_key="",
+            wake_key="",
+            stats_interval=stats_interval,
+            where=where,
+            sender=sender,
+        )
+        self._client: Any = client  # redis-py leaves most of its methods untyped
+        self._names = names
+        self._node_options = node_options
+        # Node name ("host:port") -> the listener's connection to it.
+        self._links: dict[str, _Link] = {}
+        # Announcements read while waiting for a subscription's confirmation.
+        self._stash: list[tuple[str, bytes]] = []
+        # Channels to read from their cursor (just subscribed, or behind).
+        self._behind: set[str] = set()
+        # Channel -> the node that served it when its cursor was last proven.
+        self._served: dict[str, _Node] = {}
+        # Set when a node unsubscribed the listener (a slot moved away from it):
+        # the next round asks the cluster where slots are served.
+        self._stale = True
+        # A blocked wait for announcements also waits on this socket pair, so
+        # wake() interrupts it without a round trip to Redis.
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+
+    def _interrupt(self) -> None:
+        try:
+            self._wake_write.send(b"w")
+        except OSError:
+            pass  # the buffer is full: a wake-up is pending anyway
+
+    def _disconnect(self) -> None:
+        """Close every connection to a node; forget what they subscribed."""
+        links, self._links = self._links, {}
+        for link in links.values():
+            link.connection.disconnect()
+        self._stash.clear()
+        self._stale = True
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake_read.close()
+        self._wake_write.close()
+
+    def _listen_once(self) -> None:
+        """Subscribe to what is read here, read what the streams hold beyond the
+        cursors, then wait for announcements and deliver them in order."""
+        taken = self._snapshot()
+        if taken is None:
+            return
+        snapshot, unproven, block_ms = taken
+        # A changed topology is checked at once: a replica may have taken over.
+        due = self._store_due() or self._stale
+        if due:
+            self._refresh_topology()
+        plan = self._plan(snapshot)
+        if due:
+            self._check_cluster(snapshot, unproven, plan)
+        self._subscribe(snapshot, plan)
+        if self._lost_at is not None:  # that was the first round to succeed
+            self._back(self._lost_at)
+        cursors = dict(snapshot)
+        proofless = set(unproven)
+        batch: list[tuple[EntryId, str, bytes]] = []
+        broken: set[str] = set()
+        for name in sorted(self._behind & snapshot.keys()):
+            self._take(name, self._read_after(name, cursors[name]), cursors,
+                       proofless, batch, broken)  # fmt: skip
+        self._behind.clear()
+        self._blocking = True
+        try:
+            # What was read from the streams is delivered before any wait.
+            if not self._changed.is_set():
+                self._wait(0 if batch else block_ms)
+        finally:
+            self._blocking = False
+        stash, self._stash = self._stash, []
+        keys = {self._names.key(name): name for name in snapshot}
+        for _, payload in stash:
+            entry = _decode(payload)
+            if entry is None:
+                continue
+            key, raw_entry = entry
+            channel = keys.get(key)
+            if channel is not None:
+                self._take(channel, [raw_entry], cursors, proofless, batch, broken)
+        # Across groups (slots, nodes) no order is defined; ids, the nodes'
+        # clocks, come closest. Within a group ids increase, so this keeps it.
+        batch.sort(key=lambda item: item[0])
+        self._deliver(snapshot, cursors, batch, broken)
+
+    def _refresh_topology(self) -> None:
+        """Ask the cluster where slots are served now."""
+        try:
+            self._client.nodes_manager.initialize()
+        except (RedisClusterException, RedisError) as exc:
+            raise RedisConnectionError(
+                f"cannot read the cluster's slots: {exc}"
+            ) from exc
+        self._stale = False
+
+    def _plan(self, snapshot: dict[str, EntryId]) -> dict[str, tuple[str, str]]:
+        """For each channel read here: its shard channel and the node serving it."""
+        plan: dict[str, tuple[str, str]] = {}
+        for name in snapshot:
+            shard = self._names.notices(name)
+            try:
+                node = self._client.nodes_manager.get_node_from_slot(
+                    self._client.keyslot(shard)
+                )
+            except (RedisClusterException, RedisError) as exc:
+                self._stale = True
+                raise RedisConnectionError(f"no node serves {shard!r}: {exc}") from exc
+            plan[name] = (shard, node.name)
+        return plan
+
+    def _subscribe(
+        self, snapshot: dict[str, EntryId], plan: dict[str, tuple[str, str]]
+    ) -> None:
+        """Hold a connection to each node needed, subscribed to exactly the shard
+        channels needed there; channels newly subscribed are to be read from
+        their cursors (announcements before the subscription are not heard)."""
+        wanted: dict[str, set[str]] = {}
+        for shard, node in plan.values():
+            wanted.setdefault(node, set()).add(shard)
+        for node in [node for node in self._links if node not in wanted]:
+            self._links.pop(node).connection.disconnect()
+        fresh: set[str] = set()
+        for node, shards in wanted.items():
+            link = self._links.get(node)
+            if link is None:
+                link = self._links[node] = _Link(self._connect(node))
+            extra = link.subscribed - shards
+            if extra:
+                link.connection.send_command("SUNSUBSCRIBE", *sorted(extra))
+                link.subscribed -= extra  # the confirmations are skipped later
+            missing = shards - link.subscribed
+            for shard in sorted(missing):  # one slot per command
+                link.connection.send_command("SSUBSCRIBE", shard)
+            confirmed = self._confirm(node, link, missing)
+            link.subscribed |= confirmed
+            fresh |= confirmed
+        self._behind |= {name for name, (shard, _) in plan.items() if shard in fresh}
+
+    def _connect(self, node: str) -> Any:
+        host, _, port = node.rpartition(":")
+        options = dict(self._node_options)
+        kind: type[Connection] = (
+            SSLConnection if options.pop("ssl", False) else Connection
+        )
+        if kind is Connection:
+            options = {k: v for k, v in options.items() if not k.startswith("ssl_")}
+        # RESP2: push messages come back as replies (RESP3 hands them to a
+        # callback instead).
+        connection: Any = kind(host=host, port=int(port), protocol=2, **options)
+        connection.connect()
+        return connection
+
+    def _confirm(self, node: str, link: _Link, asked: set[str]) -> set[str]:
+        """Read replies until every shard channel of *asked* is confirmed;
+        announcements read meanwhile are stashed."""
+        confirmed: set[str] = set()
+        while confirmed != asked:
+            self._handle(node, link, link.connection.read_response(), confirmed)
+        return confirmed
+
+    def _handle(
+        self, node: str, link: _Link, message: Any, confirmed: set[str]
+    ) -> None:
+        """One push message of a link."""
+        if not isinstance(message, list) or len(message) < 3:
+            return
+        kind, channel = bytes(message[0]).lower(), bytes(message[1]).decode()
+        if kind == b"smessage":
+            self._stash.append((node, bytes(message[2])))
+        elif kind == b"ssubscribe":
+            confirmed.add(channel)
+        elif kind == b"sunsubscribe" and channel in link.subscribed:
+            # The node gave the slot away (resharding, or it became a replica).
+            link.subscribed.discard(channel)
+            self._stale = True
+
+    def _wait(self, block_ms: int) -> None:
+        """Stash the announcements that arrive within *block_ms* (or until woken)."""
+        links = list(self._links.items())
+        if not self._drain(links):
+            sockets: list[Any] = [self._wake_read]
+            sockets += [link.connection._sock for _, link in links]  # noqa: SLF001
+            ready, _, _ = select.select(sockets, [], [], block_ms / 1000)
+            if self._wake_read in ready:
+                try:
+                    while self._wake_read.recv(4096):
+                        pass
+                except OSError:
+                    pass  # nothing more to read
+            self._drain(links)
+
+    def _drain(self, links: list[tuple[str, _Link]]) -> bool:
+        """Handle every message already readable; whether there was any."""
+        any_read = False
+        for node, link in links:
+            while link.connection.can_read(timeout=0):
+                any_read = True
+                self._handle(node, link, link.connection.read_response(), set())
+        return any_read
+
+    def _read_after(self, name: str, cursor: EntryId) -> list[RawEntry]:
+        """Every entry of *name*'s stream after *cursor* (shared pools)."""
+        entries: list[RawEntry] = []
+        low = f"({format_id(cursor)}"
+        while True:
+            batch = raw(self._client.xrange(self._key(name), min=low, count=_BATCH))
+            entries += batch
+            if len(batch) < _BATCH:
+                return entries
+            low = "(" + batch[-1][0].decode()
+
+    def _take(
+        self,
+        name: str,
+        entries: list[RawEntry],
+        cursors: dict[str, EntryId],
+        proofless: set[str],
+        batch: list[tuple[EntryId, str, bytes]],
+        broken: set[str],
+    ) -> None:
+        """Queue *name*'s entries after its cursor, proving continuity: an entry
+        whose previous id is not the cursor makes the listener read the stream
+        between them; if the stream cannot show the chain, *name* is broken."""
+        for raw_id, fields in entries:
+            entry_id = parse_id(raw_id)
+            cursor = cursors[name]
+            if entry_id <= cursor:
+                continue  # delivered already (or an id that went back: after a gap)
+            previous = fields.get(PREVIOUS)
+            chain: list[RawEntry] = [(raw_id, fields)]
+            if name not in proofless and (
+                previous is None or parse_id(previous) != cursor
+            ):
+                between = raw(
+                    self._client.xrange(
+                        self._key(name),
+                        min=f"({format_id(cursor)}",
+                        max=f"({raw_id.decode()}",
+                    )
+                )
+                chain = between + chain
+                first = chain[0][1].get(PREVIOUS)
+                if first is None or parse_id(first) != cursor:
+                    broken.add(name)
+            for chain_id, chain_fields in chain:
+                chain_entry = parse_id(chain_id)
+                if chain_entry <= cursors[name]:
+                    continue
+                cursors[name] = chain_entry
+                wire = encode(chain_id, chain_fields)
+                if wire is not None:
+                    batch.append((chain_entry, name, wire))
+            proofless.discard(name)
+
+    def _deliver(
+        self,
+        snapshot: dict[str, EntryId],
+        cursors: dict[str, EntryId],
+        batch: list[tuple[EntryId, str, bytes]],
+        broken: set[str],
+    ) -> None:
+        """Hand the round's entries to the fan-out, the gap event first where
+        continuity failed; move the cursors."""
+        if broken:
+            logger.warning(
+                "Redis listener cannot prove it missed nothing on channels %s: "
+                "their subscribers get the gap event",
+                sorted(broken),
+            )
+        with self._fanout.lock:
+            # A channel whose cursor moved since the snapshot was dropped and
+            # started again: the next round reads it from its new cursor.
+            current = {
+                name
+                for name in cursors
+                if cursors[name] != snapshot[name]
+                and self._positions.cursors.get(name) == snapshot[name]
+            }
+            for name in broken:
+                if name in current:
+                    self._fanout.notify([name], gap(name, snapshot[name]))
+            for name in current:
+                self._positions.cursors[name] = cursors[name]
+                self._positions.unproven.discard(name)
+                self._positions.seen(cursors[name])
+            for entry_id, name, wire in batch:
+                if name in current:
+                    self._fanout.deliver(name, wire, entry_id)
+
+    def _check_cluster(
+        self,
+        snapshot: dict[str, EntryId],
+        unproven: set[str],
+        plan: dict[str, tuple[str, str]],
+    ) -> None:
+        """Tell the subscribers of every channel whose entries the cluster may
+        have lost; have channels whose stream holds more than the cursor read.
+
+        A channel's node lost entries if it restarted (same address, another run
+        id), or took over from the node that served the channel before (a
+        replica promoted: its previous replication id is the old primary's), or
+        if the stream's last entry is older than the cursor. A slot moved to
+        another primary by resharding keeps its entries: the stream proves it.
+        """
+        identity: dict[str, _Node] = {}
+        # A promoted replica's previous replication id is its old primary's.
+        took_over_from: dict[str, str] = {}
+        for node in {node for _, node in plan.values()}:
+            found = self._client.get_node(node_name=node)
+            if found is None or found.redis_connection is None:
+                raise RedisConnectionError(f"no connection to node {node}")
+            info = found.redis_connection.info()
+            identity[node] = _Node(
+                node, str(info.get("run_id", "")), str(info.get("master_replid", ""))
+            )
+            took_over_from[node] = str(info.get("master_replid2", ""))
+        self._served = {
+            name: node for name, node in self._served.items() if name in snapshot
+        }
+        pipe = self._client.pipeline(transaction=False)
+        names = list(snapshot)
+        for name in names:
+            pipe.xrevrange(self._key(name), count=1)
+        tops = pipe.execute()
+        lost: dict[str, str] = {}
+        for name, found_top in zip(names, tops, strict=True):
+            top = parse_id(found_top[0][0]) if found_top else ORIGIN
+            node = plan[name][1]
+            now, before = identity[node], self._served.get(name)
+            self._served[name] = now
+            if name in unproven:
+                continue
+            if before is not None and before.run_id != now.run_id:
+                if before.address == now.address:
+                    lost[name] = "a node restarted"
+                elif took_over_from[node] == before.replid:
+                    lost[name] = "a replica took over"
+            if top < snapshot[name]:
+                lost.setdefault(name, "a stream went back")
+                self._move_past(name, snapshot[name])
+            elif top > snapshot[name]:
+                self._behind.add(name)
+        if not lost:
+            return
+        logger.warning(
+            "Redis at %s may have lost entries (%s): the subscribers of channels "
+            "%s get the gap event",
+            self._where,
+            ", ".join(sorted(set(lost.values()))),
+            sorted(lost),
+        )
+        with self._fanout.lock:
+            for name in lost:
+                if self._positions.cursors.get(name) == snapshot[name]:
+                    self._fanout.notify([name], gap(name, snapshot[name]))
+                    # Whatever comes next (with a higher id) is delivered.
+                    self._positions.unproven.add(name)
+                    unproven.add(name)
+
+    def _move_past(self, name: str, cursor: EntryId) -> None:
+        """Make *name*'s stream give ids above *cursor* from now on."""
+        try:
+            self._client.execute_command("XSETID", self._key(name), format_id(cursor))
+        except ResponseError:
+            pass  # an entry above the cursor came meanwhile: ids are past it
+
+
+def _decode(payload: bytes) -> tuple[str, RawEntry] | None:
+    """An announcement as (stream key, entry); ``None`` (logged) if malformed."""
+    try:
+        key, entry_id, previous, *pairs = cast("list[str]", json.loads(payload))
+    except (ValueError, TypeError):
+        logger.warning("skipping an announcement that is not ours: %r", payload[:80])
+        return None
+    fields = {
+        pairs[index].encode(): pairs[index + 1].encode()
+        for index in range(0, len(pairs) - 1, 2)
+    }
+    fields[PREVIOUS] = previous.encode()
+    return key, (entry_id.encode(), fields)
