@@ -50,10 +50,12 @@ from redis import BlockingConnectionPool, ConnectionPool
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from ...exceptions import BrokerUnavailable
 
 #: Errors that mean "Redis cannot be reached or cannot take writes right now".
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
@@ -117,6 +119,41 @@ def is_cluster_url(url: str) -> bool:
     return bool(sep) and scheme.lower() in _CLUSTER
 
 
+@dataclass(frozen=True)
+class ClusterUrl:
+    """What a ``redis+cluster://`` URL says: the nodes to start from, and what
+    every connection to a node is made with (credentials, TLS, ``ssl_*``)."""
+
+    nodes: list[tuple[str, int]]
+    options: dict[str, Any]
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl:
+        """:raises ValueError: for a URL this grammar does not read."""
+        scheme, _, rest = url.partition("://")
+        parts = urlsplit(f"cluster://{rest}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        nodes = [_host_port(item, 6379) for item in hosts.split(",") if item]
+        if not nodes or parts.path not in ("", "/", "/0"):
+            raise ValueError(
+                "a Cluster URL is redis+cluster://[user:password@]host[:port]"
+                f"[,host[:port]...][/0], got {rest!r} after the scheme"
+            )
+        query = dict(parse_qsl(parts.query))
+        unknown = sorted(name for name in query if not name.startswith("ssl_"))
+        if unknown:
+            raise ValueError(f"unknown Cluster URL options {unknown}; known: ssl_*")
+        options: dict[str, Any] = {**query}
+        if username:
+            options["username"] = unquote(username)
+        if password:
+            options["password"] = unquote(password)
+        if _CLUSTER[scheme.lower()]:
+            options["ssl"] = True
+        return cls(nodes, options)
+
+
 def make_cluster_pools(
     url: str,
     *,
@@ -130,47 +167,39 @@ def make_cluster_pools(
     shared connections with *timeout* (a caller waits up to *wait* seconds for a
     free one), and what the listener's connections are made of.
 
+    The client reads the cluster's slots at once, from the first node of the
+    URL that answers.
+
     :raises ValueError: for a URL this grammar does not read.
+    :raises BrokerUnavailable: no node of the URL answers.
     """
-    scheme, _, rest = url.partition("://")
-    parts = urlsplit(f"cluster://{rest}")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    nodes = [_host_port(item, 6379) for item in hosts.split(",") if item]
-    if not nodes or parts.path not in ("", "/", "/0"):
-        raise ValueError(
-            "a Cluster URL is redis+cluster://[user:password@]host[:port]"
-            f"[,host[:port]...][/0], got {rest!r} after the scheme"
+    parsed = ClusterUrl.parse(url)
+    node = {**options, **parsed.options, "socket_keepalive": True}
+    tls = bool(node.pop("ssl", False))
+    (host, port), *others = parsed.nodes
+    where = "cluster " + ",".join(_netloc(*item) for item in parsed.nodes)
+    try:
+        # A URL makes redis-py build each node's pool with connection_pool_class,
+        # so that a caller waits for a free connection instead of opening more.
+        client = RedisCluster(
+            url=f"{'rediss' if tls else 'redis'}://{_netloc(host, port)}",
+            startup_nodes=[
+                ClusterNode(other, other_port)  # type: ignore[no-untyped-call]
+                for other, other_port in others
+            ],
+            connection_pool_class=BlockingConnectionPool,
+            max_connections=size,
+            timeout=wait,
+            socket_timeout=timeout,
+            require_full_coverage=False,
+            **node,
         )
-    query = dict(parse_qsl(parts.query))
-    unknown = sorted(name for name in query if not name.startswith("ssl_"))
-    if unknown:
-        raise ValueError(f"unknown Cluster URL options {unknown}; known: ssl_*")
-    node: dict[str, Any] = {**options, **query, "socket_keepalive": True}
-    if username:
-        node["username"] = unquote(username)
-    if password:
-        node["password"] = unquote(password)
-    if _CLUSTER[scheme.lower()]:
-        node["ssl"] = True
-    first, *others = nodes
-    # A URL makes redis-py build each node's pool with connection_pool_class,
-    # so that a caller waits for a free connection instead of opening more.
-    client = RedisCluster(
-        url=f"{'rediss' if node.get('ssl') else 'redis'}://{_netloc(*first)}",
-        startup_nodes=[
-            ClusterNode(host, port)  # type: ignore[no-untyped-call]
-            for host, port in others
-        ],
-        connection_pool_class=BlockingConnectionPool,
-        max_connections=size,
-        timeout=wait,
-        socket_timeout=timeout,
-        require_full_coverage=False,
-        **{name: value for name, value in node.items() if name != "ssl"},
-    )
-    listen = {**node, "socket_timeout": listen_timeout}
-    return ClusterPools(client, listen, f"cluster {hosts}")
+    except (RedisClusterException, RedisError) as exc:
+        raise BrokerUnavailable(
+            f"no node of Redis {where} answers ({exc}); cannot start the broker"
+        ) from exc
+    listen = {**node, "ssl": tls, "socket_timeout": listen_timeout}
+    return ClusterPools(client, listen, where)
 
 
 def _netloc(host: str, port: int) -> str:
