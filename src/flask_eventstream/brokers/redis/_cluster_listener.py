@@ -17,8 +17,8 @@ served and checks each channel's stream: a newer last entry than its cursor
 (a trailing announcement lost) is read; a node that restarted, or a replica
 that took over its primary's slots (replication is asynchronous, it may lack
 acknowledged entries), gives the gap event. Ids never go back: the cursor
-stays, a stream whose last id went back is moved past it (``XSETID``), and
-entries at or before the cursor are never delivered.
+stays, a group whose last id went back is moved past it (the group's last-id
+key, and ``XSETID``), and entries at or before the cursor are never delivered.
 
 Owns its connections to the nodes, the record of which node served each
 channel, and (from :class:`~._listener.Listener`) its thread and the counts.
@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, cast
 from redis import Connection, SSLConnection
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..base import Fanout
 from ._entries import (
@@ -54,6 +54,28 @@ from ._listener import _BATCH, Listener, Positions
 from ._slots import ClusterNames
 
 logger = logging.getLogger(__name__)
+
+#: Raise the last id given out in a group (KEYS[2]) and the stream's own (KEYS[1],
+#: if it exists) to ARGV (ms, seq), unless they are above it already: the publish
+#: script then gives ids above it. KEYS[2] is KEYS[1] for a channel without a
+#: hash tag (see :mod:`._slots`).
+_MOVE_PAST = """
+local ms, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wanted = ARGV[1] .. '-' .. ARGV[2]
+if KEYS[2] ~= KEYS[1] then
+    local last = redis.call('GET', KEYS[2])
+    local last_ms, last_seq = 0, 0
+    if last then
+        local a, b = string.match(last, '^(%d+)-(%d+)$')
+        last_ms, last_seq = tonumber(a or 0), tonumber(b or 0)
+    end
+    if last_ms < ms or (last_ms == ms and last_seq < seq) then
+        redis.call('SET', KEYS[2], wanted)
+    end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.pcall('XSETID', KEYS[1], wanted) end
+return 1
+"""
 
 
 @dataclass
@@ -468,11 +490,14 @@ class ClusterListener(Listener):
                     unproven.add(name)
 
     def _move_past(self, name: str, cursor: EntryId) -> None:
-        """Make *name*'s stream give ids above *cursor* from now on."""
-        try:
-            self._client.execute_command("XSETID", self._key(name), format_id(cursor))
-        except ResponseError:
-            pass  # an entry above the cursor came meanwhile: ids are past it
+        """Make *name*'s group give ids above *cursor* from now on."""
+        self._client.eval(
+            _MOVE_PAST,
+            2,
+            self._key(name),
+            self._names.last_id_key(name),
+            *cursor,
+        )
 
 
 def _decode(payload: bytes) -> tuple[str, RawEntry] | None:
