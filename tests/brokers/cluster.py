@@ -71,6 +71,8 @@ class Cluster:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(_NODE_TIMEOUT_MS),
+                    # A replica takes over however long it was cut off.
+                    "--cluster-replica-validity-factor", "0",
                 ),
             )  # fmt: skip
 
@@ -92,6 +94,21 @@ class Cluster:
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         self.wait_ok(timeout)
+        deadline = time.monotonic() + timeout
+        while not self._replicas_synced():
+            assert time.monotonic() < deadline, "the replicas did not sync"
+            time.sleep(0.1)
+
+    def _replicas_synced(self) -> bool:
+        synced = 0
+        for port in self.alive():
+            with self.client(port) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave":
+                if info.get("master_link_status") != "up":
+                    return False
+                synced += 1
+        return synced == 3
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
@@ -153,6 +170,33 @@ class Cluster:
                 if info.get("role") == "slave" and info.get("master_port") == primary:
                     return port
         raise AssertionError(f"no replica of {primary} ({node_id})")
+
+    def primaries(self) -> list[int]:
+        """The ports of the primaries now."""
+        with self.client(self.alive()[0]) as client:
+            return sorted({int(port) for _, _, (_, port) in self._slots(client)})  # type: ignore[misc]
+
+    def move_slot(self, key: str, source: int, target: int) -> None:
+        """Move *key*'s slot from the primary on *source* to the one on *target*
+        as ``redis-cli --cluster reshard`` does: mark it migrating and importing,
+        ``MIGRATE`` its keys one at a time (a moment apart, so that commands meet
+        the slot half moved), then give it to *target* everywhere."""
+        with self.client(source) as src, self.client(target) as dst:
+            slot = int(src.execute_command("CLUSTER KEYSLOT", key))
+            src_id = src.execute_command("CLUSTER MYID").decode()
+            dst_id = dst.execute_command("CLUSTER MYID").decode()
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 1):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+                )
+                time.sleep(0.05)
+            dst.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        for port in self.primaries():
+            with self.client(port) as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
 
     def stop(self) -> None:
         for node in self.nodes.values():
