@@ -16,13 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
-from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event
+from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event, EventStream
 from flask_eventstream.brokers import from_url
 from flask_eventstream.brokers.redis import RedisBroker
 from flask_eventstream.brokers.redis._pools import ClusterUrl
 from flask_eventstream.brokers.redis._slots import ClusterNames, hash_tag
+from flask_eventstream.cli import eventstream
 
+from ..helpers import wait_for
 from .cluster import Cluster
 from .failover import SteadyPublisher, check_delivery
 from .reading import Reader, id_order
@@ -177,6 +180,29 @@ class TestConnections:
                     assert 1 <= len(held) <= 3, held
         finally:
             for broker in brokers:
+                broker.close()
+
+    def test_stats_command_adds_up_every_primary(self, redis_cluster: Cluster) -> None:
+        """``flask eventstream stats`` on a cluster, whose processes' counts lie
+        on several primaries."""
+        prefix = _prefix()
+        workers = [_broker(redis_cluster, prefix) for _ in range(3)]
+        onlooker = _broker(redis_cluster, prefix)
+        app = Flask(__name__)
+        EventStream(app, broker=onlooker)
+        runner = app.test_cli_runner()
+
+        def channels() -> object:
+            result = runner.invoke(eventstream, ["stats", "--json"])
+            assert result.exit_code == 0, result.output
+            return json.loads(result.stdout)["channels"]
+
+        try:
+            for worker in workers:
+                worker.subscribe(["chat", "news"])
+            wait_for(lambda: channels() == {"chat": 3, "news": 3}, timeout=10)
+        finally:
+            for broker in [*workers, onlooker]:
                 broker.close()
 
     def test_lost_announcements_are_read_from_the_stream(
