@@ -9,7 +9,10 @@ or the gap event where some may be missing; ids never go back.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from flask_eventstream.brokers.redis._pools import ClusterUrl
 from flask_eventstream.brokers.redis._slots import ClusterNames, hash_tag
 from flask_eventstream.cli import eventstream
 
+from ..conftest import missing
 from ..helpers import wait_for
 from .cluster import Cluster
 from .failover import SteadyPublisher, check_delivery
@@ -259,6 +263,53 @@ class TestConnections:
             assert all(id_order(e.id) > id_order(ahead) for e in got)
         finally:
             broker.close()
+
+    def test_the_listener_runs_as_a_greenlet(self, redis_cluster: Cluster) -> None:
+        """Under gevent (a patched process, as gunicorn's gevent worker) the
+        listener waits on its node connections cooperatively: greenlet readers
+        on channels of every primary get every event."""
+        if importlib.util.find_spec("gevent") is None:
+            missing("gevent (the gevent extra)")
+        done = subprocess.run(
+            [sys.executable, "-c", _GEVENT, redis_cluster.url, _prefix()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout) == {"readers": 30, "events": 12}
+
+
+#: Ten greenlet readers per channel group of three, twelve events in all.
+_GEVENT = """
+from gevent import monkey
+monkey.patch_all()
+import json, sys
+import gevent
+from flask_eventstream import Event, EventParser
+from flask_eventstream.brokers.redis import RedisBroker
+
+url, prefix = sys.argv[1:]
+channels = [f"c{n}" for n in range(3)]
+with RedisBroker.from_url(url, key_prefix=prefix) as broker:
+    subs = [broker.subscribe(channels) for _ in range(30)]
+
+    def read(sub):
+        parser, events = EventParser(), []
+        while len(events) < 12:
+            chunk = sub.next_chunk(10)
+            assert chunk is not None
+            events += [e for e in parser.feed(chunk) if e.data.startswith("e")]
+        return len(events)
+
+    readers = [gevent.spawn(read, sub) for sub in subs]
+    for n in range(4):
+        for channel in channels:
+            broker.publish(channel, Event(f"e{n}"))
+    counts = [reader.get(timeout=20) for reader in readers]
+    print(json.dumps({"readers": len(counts), "events": min(counts)}))
+"""
 
 
 def _read_through(reader: Reader, publisher: SteadyPublisher) -> None:
