@@ -72,15 +72,19 @@ class RedisBroker(Broker):
     :param url: ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or
         ``valkeys://`` URL, with database, user and password as redis-py reads them;
         or ``redis+sentinel://[user:password@]host[:port][,...]/service[/db]`` for
-        a primary that Sentinel watches (the grammar is in ``docs/redis.md``).
+        a primary that Sentinel watches, or ``redis+cluster://[user:password@]
+        host[:port][,...]`` for a Redis Cluster (the grammars are in
+        ``docs/redis.md``).
     :param history: events kept per channel for replay (at least; see above).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
     :param key_prefix: put before every key, so several apps can share one Redis.
     :param stats_interval: seconds between two writes of this process's subscriber
         counts to Redis (its hash expires after three); the listener's XREAD blocks
         at most this long.
-    :raises ValueError: for ``history`` below 1, ``stats_interval`` not above 0, or
-        an unknown URL scheme.
+    :raises ValueError: for ``history`` below 1, ``stats_interval`` not above 0,
+        an unknown URL scheme, or a cluster with a key prefix holding braces.
+    :raises BrokerUnavailable: for a cluster of which no node in the URL answers
+        (its slots are read at once).
 
     Ownership: ``publish`` and replay run in the caller's thread on the shared
     pool; the :class:`~._listener.Listener` thread owns its connection and what it
