@@ -135,8 +135,8 @@ class ClusterListener(Listener):
         self._node_options = node_options
         # Node name ("host:port") -> the listener's connection to it.
         self._links: dict[str, _Link] = {}
-        # Announcements read while waiting for a subscription's confirmation.
-        self._stash: list[tuple[str, bytes]] = []
+        # Announcements read, not yet handled (payloads, in arrival order).
+        self._stash: list[bytes] = []
         # Channels to read from their cursor (just subscribed, or behind).
         self._behind: set[str] = set()
         # Channel -> the node that served it when its cursor was last proven.
@@ -190,8 +190,8 @@ class ClusterListener(Listener):
         batch: list[tuple[EntryId, str, bytes]] = []
         broken: set[str] = set()
         for name in sorted(self._behind & snapshot.keys()):
-            self._take(name, self._read_after(name, cursors[name]), cursors,
-                       proofless, batch, broken)  # fmt: skip
+            entries = self._read_after(name, cursors[name])
+            self._take(name, entries, cursors, proofless, batch, broken)
         self._behind.clear()
         self._blocking = True
         try:
@@ -202,7 +202,7 @@ class ClusterListener(Listener):
             self._blocking = False
         stash, self._stash = self._stash, []
         keys = {self._names.key(name): name for name in snapshot}
-        for _, payload in stash:
+        for payload in stash:
             entry = _decode(payload)
             if entry is None:
                 continue
@@ -263,7 +263,7 @@ class ClusterListener(Listener):
             missing = shards - link.subscribed
             for shard in sorted(missing):  # one slot per command
                 link.connection.send_command("SSUBSCRIBE", shard)
-            confirmed = self._confirm(node, link, missing)
+            confirmed = self._confirm(link, missing)
             link.subscribed |= confirmed
             fresh |= confirmed
         self._behind |= {name for name, (shard, _) in plan.items() if shard in fresh}
@@ -282,23 +282,21 @@ class ClusterListener(Listener):
         connection.connect()
         return connection
 
-    def _confirm(self, node: str, link: _Link, asked: set[str]) -> set[str]:
+    def _confirm(self, link: _Link, asked: set[str]) -> set[str]:
         """Read replies until every shard channel of *asked* is confirmed;
         announcements read meanwhile are stashed."""
         confirmed: set[str] = set()
         while confirmed != asked:
-            self._handle(node, link, link.connection.read_response(), confirmed)
+            self._handle(link, link.connection.read_response(), confirmed)
         return confirmed
 
-    def _handle(
-        self, node: str, link: _Link, message: Any, confirmed: set[str]
-    ) -> None:
+    def _handle(self, link: _Link, message: Any, confirmed: set[str]) -> None:
         """One push message of a link."""
         if not isinstance(message, list) or len(message) < 3:
             return
         kind, channel = bytes(message[0]).lower(), bytes(message[1]).decode()
         if kind == b"smessage":
-            self._stash.append((node, bytes(message[2])))
+            self._stash.append(bytes(message[2]))
         elif kind == b"ssubscribe":
             confirmed.add(channel)
         elif kind == b"sunsubscribe" and channel in link.subscribed:
@@ -308,10 +306,10 @@ class ClusterListener(Listener):
 
     def _wait(self, block_ms: int) -> None:
         """Stash the announcements that arrive within *block_ms* (or until woken)."""
-        links = list(self._links.items())
+        links = list(self._links.values())
         if not self._drain(links):
             sockets: list[Any] = [self._wake_read]
-            sockets += [link.connection._sock for _, link in links]  # noqa: SLF001
+            sockets += [link.connection._sock for link in links]
             ready, _, _ = select.select(sockets, [], [], block_ms / 1000)
             if self._wake_read in ready:
                 try:
@@ -321,13 +319,13 @@ class ClusterListener(Listener):
                     pass  # nothing more to read
             self._drain(links)
 
-    def _drain(self, links: list[tuple[str, _Link]]) -> bool:
+    def _drain(self, links: list[_Link]) -> bool:
         """Handle every message already readable; whether there was any."""
         any_read = False
-        for node, link in links:
+        for link in links:
             while link.connection.can_read(timeout=0):
                 any_read = True
-                self._handle(node, link, link.connection.read_response(), set())
+                self._handle(link, link.connection.read_response(), set())
         return any_read
 
     def _read_after(self, name: str, cursor: EntryId) -> list[RawEntry]:
