@@ -28,15 +28,24 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import select
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from redis import Connection, SSLConnection
 from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from ..base import Fanout
 from ._entries import (
@@ -50,10 +59,13 @@ from ._entries import (
     parse_id,
     raw,
 )
-from ._listener import _BATCH, Listener, Positions
+from ._listener import _BACKOFF_CAP, _BACKOFF_FIRST, _BATCH, Listener, Positions
 from ._slots import ClusterNames
 
 logger = logging.getLogger(__name__)
+
+#: Answers of a node that does not serve a slot (now): not a failure of the node.
+_REDIRECTED = (AskError, ClusterDownError, MovedError, TryAgainError)
 
 #: Raise the last id given out in a group (KEYS[2]) and the stream's own (KEYS[1],
 #: if it exists) to ARGV (ms, seq), unless they are above it already: the publish
@@ -141,9 +153,12 @@ class ClusterListener(Listener):
         self._behind: set[str] = set()
         # Channel -> the node that served it when its cursor was last proven.
         self._served: dict[str, _Node] = {}
-        # Set when a node unsubscribed the listener (a slot moved away from it):
-        # the next round asks the cluster where slots are served.
+        # Set when a node unsubscribed the listener (a slot moved away from it),
+        # or failed: the next round asks the cluster where slots are served.
         self._stale = True
+        # Nodes that failed -> (when to try again, a monotonic time; failures in
+        # a row). The channels of the others are read on meanwhile.
+        self._down: dict[str, tuple[float, int]] = {}
         # A blocked wait for announcements also waits on this socket pair, so
         # wake() interrupts it without a round trip to Redis.
         self._wake_read, self._wake_write = socket.socketpair()
@@ -175,24 +190,45 @@ class ClusterListener(Listener):
         if taken is None:
             return
         snapshot, unproven, block_ms = taken
-        # A changed topology is checked at once: a replica may have taken over.
-        due = self._store_due() or self._stale
+        now = time.monotonic()
+        retry_at = min((when for when, _ in self._down.values()), default=None)
+        # A changed topology is checked at once (a replica may have taken over);
+        # while a node is down, when it is due to be tried again.
+        due = self._store_due() or (
+            self._stale and (retry_at is None or retry_at <= now)
+        )
         if due:
-            self._refresh_topology()
+            self._refresh_topology()  # raises only if no node answers at all
         plan = self._plan(snapshot)
+        serving = {node for _, node in plan.values()}
+        self._down = {n: down for n, down in self._down.items() if n in serving}
+        # The channels of a node that failed wait for it (or for its replica).
+        plan = {
+            name: (shard, node)
+            for name, (shard, node) in plan.items()
+            if self._down.get(node, (0.0, 0))[0] <= now
+        }
         if due:
             self._check_cluster(snapshot, unproven, plan)
-        self._subscribe(snapshot, plan)
+        self._subscribe(plan)
         if self._lost_at is not None:  # that was the first round to succeed
             self._back(self._lost_at)
         cursors = dict(snapshot)
         proofless = set(unproven)
         batch: list[tuple[EntryId, str, bytes]] = []
         broken: set[str] = set()
-        for name in sorted(self._behind & snapshot.keys()):
-            entries = self._read_after(name, cursors[name])
-            self._take(name, entries, cursors, proofless, batch, broken)
-        self._behind.clear()
+        failed: set[str] = set()  # channels whose node failed this round
+        for name in sorted(self._behind & plan.keys()):
+            try:
+                entries = self._read_after(name, cursors[name])
+                self._take(name, entries, cursors, proofless, batch, broken)
+            except (RedisError, OSError) as exc:
+                self._node_failed(plan[name][1], exc)
+                failed.add(name)
+        self._behind = (self._behind - plan.keys()) | failed
+        if self._down:  # try a failed node again when it is due
+            retry_at = min(when for when, _ in self._down.values())
+            block_ms = max(1, min(block_ms, int((retry_at - now) * 1000) + 1))
         self._blocking = True
         try:
             # What was read from the streams is delivered before any wait.
@@ -201,15 +237,21 @@ class ClusterListener(Listener):
         finally:
             self._blocking = False
         stash, self._stash = self._stash, []
-        keys = {self._names.key(name): name for name in snapshot}
+        keys = {self._names.key(name): name for name in plan}
         for payload in stash:
             entry = _decode(payload)
             if entry is None:
                 continue
             key, raw_entry = entry
             channel = keys.get(key)
-            if channel is not None:
+            if channel is None or channel in failed:
+                continue
+            try:
                 self._take(channel, [raw_entry], cursors, proofless, batch, broken)
+            except (RedisError, OSError) as exc:  # its node failed: read it later
+                self._node_failed(plan[channel][1], exc)
+                failed.add(channel)
+                self._behind.add(channel)
         # Across groups (slots, nodes) no order is defined; ids, the nodes'
         # clocks, come closest. Within a group ids increase, so this keeps it.
         batch.sort(key=lambda item: item[0])
@@ -240,12 +282,11 @@ class ClusterListener(Listener):
             plan[name] = (shard, node.name)
         return plan
 
-    def _subscribe(
-        self, snapshot: dict[str, EntryId], plan: dict[str, tuple[str, str]]
-    ) -> None:
+    def _subscribe(self, plan: dict[str, tuple[str, str]]) -> None:
         """Hold a connection to each node needed, subscribed to exactly the shard
         channels needed there; channels newly subscribed are to be read from
-        their cursors (announcements before the subscription are not heard)."""
+        their cursors (announcements before the subscription are not heard).
+        A node that fails is tried again later; the others are read on."""
         wanted: dict[str, set[str]] = {}
         for shard, node in plan.values():
             wanted.setdefault(node, set()).add(shard)
@@ -253,20 +294,52 @@ class ClusterListener(Listener):
             self._links.pop(node).connection.disconnect()
         fresh: set[str] = set()
         for node, shards in wanted.items():
-            link = self._links.get(node)
-            if link is None:
-                link = self._links[node] = _Link(self._connect(node))
-            extra = link.subscribed - shards
-            if extra:
-                link.connection.send_command("SUNSUBSCRIBE", *sorted(extra))
-                link.subscribed -= extra  # the confirmations are skipped later
-            missing = shards - link.subscribed
-            for shard in sorted(missing):  # one slot per command
-                link.connection.send_command("SSUBSCRIBE", shard)
-            confirmed = self._confirm(link, missing)
-            link.subscribed |= confirmed
-            fresh |= confirmed
+            try:
+                fresh |= self._subscribe_on(node, shards)
+            except (RedisError, OSError) as exc:
+                self._node_failed(node, exc)
+                continue
+            if node in self._down:
+                del self._down[node]
+                logger.info("Redis listener reached node %s again", node)
         self._behind |= {name for name, (shard, _) in plan.items() if shard in fresh}
+
+    def _subscribe_on(self, node: str, shards: set[str]) -> set[str]:
+        """Subscribe the link to *node* to exactly *shards*; those newly
+        subscribed."""
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = _Link(self._connect(node))
+        extra = link.subscribed - shards
+        if extra:
+            link.connection.send_command("SUNSUBSCRIBE", *sorted(extra))
+            link.subscribed -= extra  # the confirmations are skipped later
+        missing = shards - link.subscribed
+        for shard in sorted(missing):  # one slot per command
+            link.connection.send_command("SSUBSCRIBE", shard)
+        confirmed = self._confirm(link, missing)
+        link.subscribed |= confirmed
+        return confirmed
+
+    def _node_failed(self, node: str, exc: BaseException) -> None:
+        """Drop the link to *node*, and try it again after a backoff (with
+        jitter); its channels wait meanwhile, the others are read on."""
+        link = self._links.pop(node, None)
+        if link is not None:
+            link.connection.disconnect()
+        failures = self._down.get(node, (0.0, 0))[1] + 1
+        step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
+        delay = step / 2 + random.uniform(0, step / 2)
+        self._down[node] = (time.monotonic() + delay, failures)
+        self._stale = True  # a replica may be taking over its slots
+        log = logger.warning if failures == 1 else logger.debug
+        log(
+            "Redis listener lost node %s (%s); trying again in %.2fs, with "
+            "backoff; the channels of other nodes are read on",
+            node,
+            exc,
+            delay,
+        )
 
     def _connect(self, node: str) -> Any:
         host, _, port = node.rpartition(":")
@@ -306,10 +379,9 @@ class ClusterListener(Listener):
 
     def _wait(self, block_ms: int) -> None:
         """Stash the announcements that arrive within *block_ms* (or until woken)."""
-        links = list(self._links.values())
-        if not self._drain(links):
+        if not self._drain():
             sockets: list[Any] = [self._wake_read]
-            sockets += [link.connection._sock for link in links]
+            sockets += [link.connection._sock for link in self._links.values()]
             ready, _, _ = select.select(sockets, [], [], block_ms / 1000)
             if self._wake_read in ready:
                 try:
@@ -317,15 +389,19 @@ class ClusterListener(Listener):
                         pass
                 except OSError:
                     pass  # nothing more to read
-            self._drain(links)
+            self._drain()
 
-    def _drain(self, links: list[_Link]) -> bool:
-        """Handle every message already readable; whether there was any."""
+    def _drain(self) -> bool:
+        """Handle every message already readable; whether there was any. A link
+        that fails is dropped (its node tried again later)."""
         any_read = False
-        for link in links:
-            while link.connection.can_read(timeout=0):
-                any_read = True
-                self._handle(link, link.connection.read_response(), set())
+        for node, link in list(self._links.items()):
+            try:
+                while link.connection.can_read(timeout=0):
+                    any_read = True
+                    self._handle(link, link.connection.read_response(), set())
+            except (RedisError, OSError) as exc:
+                self._node_failed(node, exc)
         return any_read
 
     def _read_after(self, name: str, cursor: EntryId) -> list[RawEntry]:
@@ -432,44 +508,26 @@ class ClusterListener(Listener):
         if the stream's last entry is older than the cursor. A slot moved to
         another primary by resharding keeps its entries: the stream proves it.
         """
-        identity: dict[str, _Node] = {}
-        # A promoted replica's previous replication id is its old primary's.
-        took_over_from: dict[str, str] = {}
-        for node in {node for _, node in plan.values()}:
-            found = self._client.get_node(node_name=node)
-            if found is None or found.redis_connection is None:
-                raise RedisConnectionError(f"no connection to node {node}")
-            info = found.redis_connection.info()
-            identity[node] = _Node(
-                node, str(info.get("run_id", "")), str(info.get("master_replid", ""))
-            )
-            took_over_from[node] = str(info.get("master_replid2", ""))
         self._served = {
             name: node for name, node in self._served.items() if name in snapshot
         }
-        pipe = self._client.pipeline(transaction=False)
-        names = list(snapshot)
-        for name in names:
-            pipe.xrevrange(self._key(name), count=1)
-        tops = pipe.execute()
+        by_node: dict[str, list[str]] = {}
+        for name, (_, node) in plan.items():
+            by_node.setdefault(node, []).append(name)
         lost: dict[str, str] = {}
-        for name, found_top in zip(names, tops, strict=True):
-            top = parse_id(found_top[0][0]) if found_top else ORIGIN
-            node = plan[name][1]
-            now, before = identity[node], self._served.get(name)
-            self._served[name] = now
-            if name in unproven:
-                continue
-            if before is not None and before.run_id != now.run_id:
-                if before.address == now.address:
-                    lost[name] = "a node restarted"
-                elif took_over_from[node] == before.replid:
-                    lost[name] = "a replica took over"
-            if top < snapshot[name]:
-                lost.setdefault(name, "a stream went back")
-                self._move_past(name, snapshot[name])
-            elif top > snapshot[name]:
-                self._behind.add(name)
+        for node, names in by_node.items():
+            try:
+                identity, took_over_from, tops = self._node_state(node, names)
+                for name, top in zip(names, tops, strict=True):
+                    self._check_channel(
+                        name, top, identity, took_over_from, snapshot, unproven, lost
+                    )
+            except _REDIRECTED:
+                self._stale = True  # a slot on the move: checked again after it
+            except (RedisError, OSError) as exc:
+                self._node_failed(node, exc)
+                for name in names:
+                    del plan[name]  # read once the node (or its replica) is back
         if not lost:
             return
         logger.warning(
@@ -486,6 +544,51 @@ class ClusterListener(Listener):
                     # Whatever comes next (with a higher id) is delivered.
                     self._positions.unproven.add(name)
                     unproven.add(name)
+
+    def _node_state(
+        self, node: str, names: list[str]
+    ) -> tuple[_Node, str, list[EntryId]]:
+        """Who *node* is (run id, replication ids: a promoted replica's previous
+        one is its old primary's), and the newest entry id of each of *names*."""
+        found = self._client.get_node(node_name=node)
+        if found is None or found.redis_connection is None:
+            raise RedisConnectionError(f"no connection to node {node}")
+        pipe = found.redis_connection.pipeline(transaction=False)
+        pipe.info()
+        for name in names:
+            pipe.xrevrange(self._key(name), count=1)
+        info, *found_tops = pipe.execute()
+        identity = _Node(
+            node, str(info.get("run_id", "")), str(info.get("master_replid", ""))
+        )
+        tops = [parse_id(top[0][0]) if top else ORIGIN for top in found_tops]
+        return identity, str(info.get("master_replid2", "")), tops
+
+    def _check_channel(
+        self,
+        name: str,
+        top: EntryId,
+        now: _Node,
+        took_over_from: str,
+        snapshot: dict[str, EntryId],
+        unproven: set[str],
+        lost: dict[str, str],
+    ) -> None:
+        """Record in *lost* why *name* may have lost entries, if it may have."""
+        before = self._served.get(name)
+        self._served[name] = now
+        if name in unproven:
+            return
+        if before is not None and before.run_id != now.run_id:
+            if before.address == now.address:
+                lost[name] = "a node restarted"
+            elif took_over_from == before.replid:
+                lost[name] = "a replica took over"
+        if top < snapshot[name]:
+            lost.setdefault(name, "a stream went back")
+            self._move_past(name, snapshot[name])
+        elif top > snapshot[name]:
+            self._behind.add(name)
 
     def _move_past(self, name: str, cursor: EntryId) -> None:
         """Make *name*'s group give ids above *cursor* from now on."""
