@@ -12,16 +12,19 @@ slot moved, the listener just subscribed), it reads the stream itself from its
 cursor (``XRANGE``), and gives the gap event only if the stream cannot show
 that nothing is missing.
 
-Every ``stats_interval``, and after a lost connection, it asks where slots are
-served and checks each channel's stream: a newer last entry than its cursor
+A node whose connection fails is tried again with a backoff of its own, while
+the channels of the other nodes are read on. Every ``stats_interval``, after a
+lost connection and when a slot moved, it asks where slots are served and
+checks each channel's stream: a newer last entry than its cursor
 (a trailing announcement lost) is read; a node that restarted, or a replica
 that took over its primary's slots (replication is asynchronous, it may lack
 acknowledged entries), gives the gap event. Ids never go back: the cursor
 stays, a group whose last id went back is moved past it (the group's last-id
 key, and ``XSETID``), and entries at or before the cursor are never delivered.
 
-Owns its connections to the nodes, the record of which node served each
-channel, and (from :class:`~._listener.Listener`) its thread and the counts.
+Owns its connections to the nodes, which nodes failed, the record of which
+node served each channel, and (from :class:`~._listener.Listener`) its thread
+and the counts.
 """
 
 from __future__ import annotations
