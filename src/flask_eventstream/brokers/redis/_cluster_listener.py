@@ -31,14 +31,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import select
-import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from redis import Connection, SSLConnection
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
@@ -62,7 +57,8 @@ from ._entries import (
     parse_id,
     raw,
 )
-from ._listener import _BACKOFF_CAP, _BACKOFF_FIRST, _BATCH, Listener, Positions
+from ._listener import _BATCH, Listener, Positions
+from ._shard_links import ShardLinks
 from ._slots import ClusterNames
 
 logger = logging.getLogger(__name__)
@@ -91,15 +87,6 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.pcall('XSETID', KEYS[1], wanted) end
 return 1
 """
-
-
-@dataclass
-class _Link:
-    """The listener's connection to one primary, in sharded pub/sub mode."""
-
-    connection: Any  # a redis-py Connection, whose methods are untyped
-    #: Shard channels subscribed (confirmed by the node).
-    subscribed: set[str] = field(default_factory=set)
 
 
 class _Node(NamedTuple):
@@ -147,44 +134,21 @@ class ClusterListener(Listener):
         )
         self._client: Any = client  # redis-py leaves most of its methods untyped
         self._names = names
-        self._node_options = node_options
-        # Node name ("host:port") -> the listener's connection to it.
-        self._links: dict[str, _Link] = {}
-        # Announcements read, not yet handled (payloads, in arrival order).
-        self._stash: list[bytes] = []
+        self._shards = ShardLinks(node_options)
         # Channels to read from their cursor (just subscribed, or behind).
         self._behind: set[str] = set()
         # Channel -> the node that served it when its cursor was last proven.
         self._served: dict[str, _Node] = {}
-        # Set when a node unsubscribed the listener (a slot moved away from it),
-        # or failed: the next round asks the cluster where slots are served.
-        self._stale = True
-        # Nodes that failed -> (when to try again, a monotonic time; failures in
-        # a row). The channels of the others are read on meanwhile.
-        self._down: dict[str, tuple[float, int]] = {}
-        # A blocked wait for announcements also waits on this socket pair, so
-        # wake() interrupts it without a round trip to Redis.
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_read.setblocking(False)
 
     def _interrupt(self) -> None:
-        try:
-            self._wake_write.send(b"w")
-        except OSError:
-            pass  # the buffer is full: a wake-up is pending anyway
+        self._shards.interrupt()
 
     def _disconnect(self) -> None:
-        """Close every connection to a node; forget what they subscribed."""
-        links, self._links = self._links, {}
-        for link in links.values():
-            link.connection.disconnect()
-        self._stash.clear()
-        self._stale = True
+        self._shards.disconnect()
 
     def stop(self) -> None:
         super().stop()
-        self._wake_read.close()
-        self._wake_write.close()
+        self._shards.close()
 
     def _listen_once(self) -> None:
         """Subscribe to what is read here, read what the streams hold beyond the
@@ -194,26 +158,29 @@ class ClusterListener(Listener):
             return
         snapshot, unproven, block_ms = taken
         now = time.monotonic()
-        retry_at = min((when for when, _ in self._down.values()), default=None)
+        retry_at = self._shards.retry_at()
         # A changed topology is checked at once (a replica may have taken over);
         # while a node is down, when it is due to be tried again.
         due = self._store_due() or (
-            self._stale and (retry_at is None or retry_at <= now)
+            self._shards.stale and (retry_at is None or retry_at <= now)
         )
         if due:
             self._refresh_topology()  # raises only if no node answers at all
         plan = self._plan(snapshot)
-        serving = {node for _, node in plan.values()}
-        self._down = {n: down for n, down in self._down.items() if n in serving}
+        self._shards.forget_except({node for _, node in plan.values()})
         # The channels of a node that failed wait for it (or for its replica).
         plan = {
             name: (shard, node)
             for name, (shard, node) in plan.items()
-            if self._down.get(node, (0.0, 0))[0] <= now
+            if not self._shards.waiting(node, now)
         }
         if due:
             self._check_cluster(snapshot, unproven, plan)
-        self._subscribe(plan)
+        wanted: dict[str, set[str]] = {}
+        for shard, node in plan.values():
+            wanted.setdefault(node, set()).add(shard)
+        fresh = self._shards.subscribe(wanted)
+        self._behind |= {name for name, (shard, _) in plan.items() if shard in fresh}
         if self._lost_at is not None:  # that was the first round to succeed
             self._back(self._lost_at)
         cursors = dict(snapshot)
@@ -226,20 +193,20 @@ class ClusterListener(Listener):
                 entries = self._read_after(name, cursors[name])
                 self._take(name, entries, cursors, proofless, batch, broken)
             except (RedisError, OSError) as exc:
-                self._node_failed(plan[name][1], exc)
+                self._shards.failed(plan[name][1], exc)
                 failed.add(name)
         self._behind = (self._behind - plan.keys()) | failed
-        if self._down:  # try a failed node again when it is due
-            retry_at = min(when for when, _ in self._down.values())
+        retry_at = self._shards.retry_at()
+        if retry_at is not None:  # try a failed node again when it is due
             block_ms = max(1, min(block_ms, int((retry_at - now) * 1000) + 1))
         self._blocking = True
         try:
             # What was read from the streams is delivered before any wait.
             if not self._changed.is_set():
-                self._wait(0 if batch else block_ms)
+                self._shards.wait(0 if batch else block_ms)
         finally:
             self._blocking = False
-        stash, self._stash = self._stash, []
+        stash, self._shards.stash = self._shards.stash, []
         keys = {self._names.key(name): name for name in plan}
         for payload in stash:
             entry = _decode(payload)
@@ -252,7 +219,7 @@ class ClusterListener(Listener):
             try:
                 self._take(channel, [raw_entry], cursors, proofless, batch, broken)
             except (RedisError, OSError) as exc:  # its node failed: read it later
-                self._node_failed(plan[channel][1], exc)
+                self._shards.failed(plan[channel][1], exc)
                 failed.add(channel)
                 self._behind.add(channel)
         # Across groups (slots, nodes) no order is defined; ids, the nodes'
@@ -263,12 +230,13 @@ class ClusterListener(Listener):
     def _refresh_topology(self) -> None:
         """Ask the cluster where slots are served now."""
         try:
-            self._client.nodes_manager.initialize()
+            # Keeping the pools' connections: publishes and reads use them.
+            self._client.nodes_manager.initialize(disconnect_startup_nodes_pools=False)
         except (RedisClusterException, RedisError) as exc:
             raise RedisConnectionError(
                 f"cannot read the cluster's slots: {exc}"
             ) from exc
-        self._stale = False
+        self._shards.stale = False
 
     def _plan(self, snapshot: dict[str, EntryId]) -> dict[str, tuple[str, str]]:
         """For each channel read here: its shard channel and the node serving it."""
@@ -280,132 +248,10 @@ class ClusterListener(Listener):
                     self._client.keyslot(shard)
                 )
             except (RedisClusterException, RedisError) as exc:
-                self._stale = True
+                self._shards.stale = True
                 raise RedisConnectionError(f"no node serves {shard!r}: {exc}") from exc
             plan[name] = (shard, node.name)
         return plan
-
-    def _subscribe(self, plan: dict[str, tuple[str, str]]) -> None:
-        """Hold a connection to each node needed, subscribed to exactly the shard
-        channels needed there; channels newly subscribed are to be read from
-        their cursors (announcements before the subscription are not heard).
-        A node that fails is tried again later; the others are read on."""
-        wanted: dict[str, set[str]] = {}
-        for shard, node in plan.values():
-            wanted.setdefault(node, set()).add(shard)
-        for node in [node for node in self._links if node not in wanted]:
-            self._links.pop(node).connection.disconnect()
-        fresh: set[str] = set()
-        for node, shards in wanted.items():
-            try:
-                fresh |= self._subscribe_on(node, shards)
-            except (RedisError, OSError) as exc:
-                self._node_failed(node, exc)
-                continue
-            if node in self._down:
-                del self._down[node]
-                logger.info("Redis listener reached node %s again", node)
-        self._behind |= {name for name, (shard, _) in plan.items() if shard in fresh}
-
-    def _subscribe_on(self, node: str, shards: set[str]) -> set[str]:
-        """Subscribe the link to *node* to exactly *shards*; those newly
-        subscribed."""
-        link = self._links.get(node)
-        if link is None:
-            link = self._links[node] = _Link(self._connect(node))
-        extra = link.subscribed - shards
-        if extra:
-            link.connection.send_command("SUNSUBSCRIBE", *sorted(extra))
-            link.subscribed -= extra  # the confirmations are skipped later
-        missing = shards - link.subscribed
-        for shard in sorted(missing):  # one slot per command
-            link.connection.send_command("SSUBSCRIBE", shard)
-        confirmed = self._confirm(link, missing)
-        link.subscribed |= confirmed
-        return confirmed
-
-    def _node_failed(self, node: str, exc: BaseException) -> None:
-        """Drop the link to *node*, and try it again after a backoff (with
-        jitter); its channels wait meanwhile, the others are read on."""
-        link = self._links.pop(node, None)
-        if link is not None:
-            link.connection.disconnect()
-        failures = self._down.get(node, (0.0, 0))[1] + 1
-        step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
-        delay = step / 2 + random.uniform(0, step / 2)
-        self._down[node] = (time.monotonic() + delay, failures)
-        self._stale = True  # a replica may be taking over its slots
-        log = logger.warning if failures == 1 else logger.debug
-        log(
-            "Redis listener lost node %s (%s); trying again in %.2fs, with "
-            "backoff; the channels of other nodes are read on",
-            node,
-            exc,
-            delay,
-        )
-
-    def _connect(self, node: str) -> Any:
-        host, _, port = node.rpartition(":")
-        options = dict(self._node_options)
-        kind: type[Connection] = (
-            SSLConnection if options.pop("ssl", False) else Connection
-        )
-        if kind is Connection:
-            options = {k: v for k, v in options.items() if not k.startswith("ssl_")}
-        # RESP2: push messages come back as replies (RESP3 hands them to a
-        # callback instead).
-        connection: Any = kind(host=host, port=int(port), protocol=2, **options)
-        connection.connect()
-        return connection
-
-    def _confirm(self, link: _Link, asked: set[str]) -> set[str]:
-        """Read replies until every shard channel of *asked* is confirmed;
-        announcements read meanwhile are stashed."""
-        confirmed: set[str] = set()
-        while confirmed != asked:
-            self._handle(link, link.connection.read_response(), confirmed)
-        return confirmed
-
-    def _handle(self, link: _Link, message: Any, confirmed: set[str]) -> None:
-        """One push message of a link."""
-        if not isinstance(message, list) or len(message) < 3:
-            return
-        kind, channel = bytes(message[0]).lower(), bytes(message[1]).decode()
-        if kind == b"smessage":
-            self._stash.append(bytes(message[2]))
-        elif kind == b"ssubscribe":
-            confirmed.add(channel)
-        elif kind == b"sunsubscribe" and channel in link.subscribed:
-            # The node gave the slot away (resharding, or it became a replica).
-            link.subscribed.discard(channel)
-            self._stale = True
-
-    def _wait(self, block_ms: int) -> None:
-        """Stash the announcements that arrive within *block_ms* (or until woken)."""
-        if not self._drain():
-            sockets: list[Any] = [self._wake_read]
-            sockets += [link.connection._sock for link in self._links.values()]
-            ready, _, _ = select.select(sockets, [], [], block_ms / 1000)
-            if self._wake_read in ready:
-                try:
-                    while self._wake_read.recv(4096):
-                        pass
-                except OSError:
-                    pass  # nothing more to read
-            self._drain()
-
-    def _drain(self) -> bool:
-        """Handle every message already readable; whether there was any. A link
-        that fails is dropped (its node tried again later)."""
-        any_read = False
-        for node, link in list(self._links.items()):
-            try:
-                while link.connection.can_read(timeout=0):
-                    any_read = True
-                    self._handle(link, link.connection.read_response(), set())
-            except (RedisError, OSError) as exc:
-                self._node_failed(node, exc)
-        return any_read
 
     def _read_after(self, name: str, cursor: EntryId) -> list[RawEntry]:
         """Every entry of *name*'s stream after *cursor* (shared pools)."""
@@ -526,9 +372,9 @@ class ClusterListener(Listener):
                         name, top, identity, took_over_from, snapshot, unproven, lost
                     )
             except _REDIRECTED:
-                self._stale = True  # a slot on the move: checked again after it
+                self._shards.stale = True  # a slot on the move: checked after it
             except (RedisError, OSError) as exc:
-                self._node_failed(node, exc)
+                self._shards.failed(node, exc)
                 for name in names:
                     del plan[name]  # read once the node (or its replica) is back
         if not lost:

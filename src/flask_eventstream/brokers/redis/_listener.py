@@ -49,8 +49,8 @@ _STATS_TTL_INTERVALS = 3
 #: Entries one XREAD returns per stream; more are read by the next XREAD at once.
 _BATCH = 1000
 #: Reconnection backoff of the listener, in seconds: first step and cap.
-_BACKOFF_FIRST = 0.05
-_BACKOFF_CAP = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 5.0
 
 
 class Positions:
@@ -190,7 +190,7 @@ class Listener:
                 if self._closing.is_set():
                     break
                 failures += 1
-                step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
+                step = min(BACKOFF_CAP, BACKOFF_FIRST * 2**failures)
                 delay = step / 2 + random.uniform(0, step / 2)
                 self._lost(exc, delay)
                 self._disconnect()
@@ -198,7 +198,7 @@ class Listener:
             except Exception:
                 logger.exception("Redis listener failed; restarting it")
                 self._disconnect()
-                self._closing.wait(_BACKOFF_CAP)
+                self._closing.wait(BACKOFF_CAP)
 
     def _disconnect(self) -> None:
         """Close the listener's connection (it reconnects when it reads again)."""
