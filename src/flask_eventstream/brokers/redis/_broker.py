@@ -231,7 +231,8 @@ class RedisBroker(Broker):
 
         def refresh() -> None:
             try:
-                client.nodes_manager.initialize()
+                # Not closing the pools' connections: others' commands use them.
+                client.nodes_manager.initialize(disconnect_startup_nodes_pools=False)
             except (RedisClusterException, RedisError):
                 pass  # no node answers yet: the next publish asks again
 
