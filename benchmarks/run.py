@@ -137,9 +137,15 @@ def _wait(condition: Callable[[], bool], timeout: float, step: float = 0.1) -> b
 
 
 class Redis:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    """One ``redis-server``; a node of a :class:`RedisCluster` with *cluster*."""
+
+    def __init__(
+        self, port: int | None = None, *, cluster: bool = False, binary: str = ""
+    ) -> None:
+        self.port = port or _free_port()
+        binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.workdir = tempfile.mkdtemp(prefix="bench-redis-")
+        extra = ["--cluster-enabled", "yes", "--dir", self.workdir] if cluster else []
         self.process = subprocess.Popen(
             [
                 binary,
@@ -155,6 +161,7 @@ class Redis:
                 "40000",
                 "--logfile",
                 "",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -194,6 +201,59 @@ class Redis:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=15)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class RedisCluster:
+    """Three ``redis-server`` cluster nodes, each a primary (no replicas), with the
+    same settings as :class:`Redis`; the broker URL names all three."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        self.nodes: list[Redis] = []
+        for _ in range(3):
+            port = _free_port()
+            while port + 10000 > 65535 or not _bindable(port + 10000):
+                port = _free_port()  # the cluster bus listens on port + 10000
+            self.nodes.append(Redis(port, cluster=True, binary=binary))
+        subprocess.run(
+            [
+                cli, "--cluster", "create",
+                *(f"{HOST}:{node.port}" for node in self.nodes),
+                "--cluster-replicas", "0", "--cluster-yes",
+            ],
+            check=True, stdout=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        if not _wait(self._ok, 30):
+            raise RuntimeError("the Redis Cluster did not settle")
+        hosts = ",".join(f"{HOST}:{node.port}" for node in self.nodes)
+        self.url = f"redis+cluster://{hosts}"
+
+    def _ok(self) -> bool:
+        return all(
+            b"cluster_state:ok" in node._command("CLUSTER", "INFO")
+            for node in self.nodes
+        )
+
+    def clients(self) -> int:
+        return sum(node.clients() for node in self.nodes)
+
+    def rss(self) -> int:
+        return sum(node.rss() for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -213,9 +273,11 @@ class Server:
         same), for clients in a network namespace."""
         self.target = target
         self.port = _free_port()
-        self.redis = (
-            Redis() if target.kind == "flask-sse" or target.broker == "redis" else None
-        )
+        self.redis: Redis | RedisCluster | None = None
+        if target.kind == "flask-sse" or target.broker == "redis":
+            self.redis = Redis()
+        elif target.broker == "cluster":
+            self.redis = RedisCluster()
         path = [str(target.source)] if target.source is not None else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*path, str(ROOT)]))
         bind = f"{HOST}:{self.port}"

@@ -1,8 +1,11 @@
-"""Broker fixtures: a real ``redis-server`` per session, and ``broker`` on both brokers.
+"""Broker fixtures: a real ``redis-server`` and a real Redis Cluster per session,
+and ``broker`` on every broker.
 
-``broker`` (and the factory ``make_broker``) is parametrized over the memory and the
-Redis broker, so every contract test in ``test_contract.py`` runs on both. Each
-Redis broker gets its own key prefix, so tests never see each other's keys.
+``broker`` (and the factory ``make_broker``) is parametrized over the memory broker,
+the Redis broker on one ``redis-server``, and the Redis broker on a cluster of
+three primaries with a replica each, so every contract test in
+``test_contract.py`` runs on all three. Each Redis broker gets its own key prefix,
+so tests never see each other's keys.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 from flask_eventstream.brokers import Broker, MemoryBroker
 
 from ..conftest import missing
+from .cluster import Cluster
 from .redis_server import RedisServer
 
 
@@ -38,6 +42,19 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Six ``redis-server`` cluster nodes (three primaries, a replica each),
+    killed at the end of the session. Tests must not kill its nodes: the
+    failover tests start a cluster of their own."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def redis_broker(url: str, **options: Any) -> Broker:
     """A Redis broker with a key prefix of its own."""
     try:
@@ -51,7 +68,11 @@ def redis_broker(url: str, **options: Any) -> Broker:
 
 
 @pytest.fixture(
-    params=["memory", pytest.param("redis", marks=pytest.mark.redis)],
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ],
 )
 def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker]]:
     """Makes brokers of the parametrized kind (``history=``, ``buffer=``)."""
@@ -60,9 +81,12 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker
     def make(**options: Any) -> Broker:
         if request.param == "memory":
             broker: Broker = MemoryBroker(**options)
-        else:
+        elif request.param == "redis":
             server: RedisServer = request.getfixturevalue("redis_server")
             broker = redis_broker(server.url, **options)
+        else:
+            cluster: Cluster = request.getfixturevalue("redis_cluster")
+            broker = redis_broker(cluster.url, **options)
         made.append(broker)
         return broker
 

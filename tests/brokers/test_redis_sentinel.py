@@ -9,8 +9,6 @@ where some may be missing, and publishing works again on the new primary.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from flask_eventstream import GAP_EVENT, BrokerUnavailable, Event
+from flask_eventstream import Event
 from flask_eventstream.brokers import from_url
 from flask_eventstream.brokers.redis import RedisBroker
 from flask_eventstream.brokers.redis._pools import make_pools
 
+from .failover import SteadyPublisher, check_delivery
 from .reading import Reader
 from .sentinel import SERVICE, SentinelSetup
 
@@ -105,75 +104,6 @@ def _broker(setup: SentinelSetup, prefix: str) -> RedisBroker:
     )
 
 
-class _Publisher:
-    """Publishes ``0``, ``1``, ... to a channel about every 20 ms, in a thread;
-    records what Redis acknowledged (id by data) and when publishing failed."""
-
-    def __init__(self, broker: RedisBroker, channel: str) -> None:
-        self.broker = broker
-        self.channel = channel
-        self.acknowledged: dict[str, str] = {}
-        self.failures: list[float] = []
-        self.resumed_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _Publisher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        count = 0
-        while not self._stop.is_set():
-            data = str(count)
-            try:
-                sent = self.broker.publish(self.channel, Event(data))
-            except BrokerUnavailable:
-                self.failures.append(time.monotonic())
-                self._stop.wait(0.05)
-                continue
-            assert sent.id is not None
-            self.acknowledged[data] = sent.id
-            if self.failures and self.resumed_at is None:
-                self.resumed_at = time.monotonic()
-            count += 1
-            self._stop.wait(0.02)
-
-    def wait_acknowledged(self, count: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acknowledged) < count:
-            assert time.monotonic() < deadline, f"{len(self.acknowledged)} published"
-            time.sleep(0.02)
-
-
-def _check_delivery(reader: Reader, acknowledged: dict[str, str]) -> None:
-    """Every acknowledged event once and in order, or a gap event before the
-    first event after any that is missing."""
-    order = {data: position for position, data in enumerate(acknowledged)}
-    expected = 0
-    gap_seen = False
-    seen: set[str] = set()
-    for event in reader.events:
-        if event.event == GAP_EVENT:
-            assert json.loads(event.data)["channel"] == "ticks"
-            gap_seen = True
-            continue
-        assert event.data not in seen, f"{event.data} delivered twice"
-        seen.add(event.data)
-        if event.data not in order:
-            continue  # stored, but its publish raised PublishUncertain
-        position = order[event.data]
-        assert position >= expected, f"{event.data} out of order"
-        if position > expected:
-            assert gap_seen, f"events {expected}..{position - 1} lost, no gap event"
-        expected = position + 1
-        gap_seen = False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["sigkill", "manual"])
 def test_a_failover_under_load_loses_nothing_silently(
@@ -189,7 +119,7 @@ def test_a_failover_under_load_loses_nothing_silently(
     try:
         readers = [Reader(broker.subscribe(["ticks"])) for broker in listening]
         old = sentinel_setup.sentinels.primary_port_now()
-        with _Publisher(publishing, "ticks") as publisher:
+        with SteadyPublisher(publishing, "ticks") as publisher:
             publisher.wait_acknowledged(20)
             if fault == "sigkill":
                 sentinel_setup.server_on(old).kill()
@@ -209,7 +139,7 @@ def test_a_failover_under_load_loses_nothing_silently(
             while last not in {event.data for event in reader.events}:
                 assert time.monotonic() < deadline, "the last event never arrived"
                 reader.idle(0.2)
-            _check_delivery(reader, publisher.acknowledged)
+            check_delivery(reader, publisher.acknowledged)
     finally:
         publishing.close()
         for broker in listening:

@@ -2,8 +2,9 @@
 
 :func:`from_url` picks one from ``EVENTSTREAM_BROKER_URL``: ``memory://`` (the
 default, in-process) or ``redis://``, ``rediss://``, ``unix://``, ``valkey://``,
-``valkeys://`` and, for a primary watched by Sentinel, ``redis+sentinel://``
-(the Redis broker, ``pip install flask-eventstream[redis]``).
+``valkeys://``, for a primary watched by Sentinel ``redis+sentinel://``, and
+for a Redis Cluster ``redis+cluster://`` (the Redis broker, ``pip install
+flask-eventstream[redis]``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = ["Broker", "Fanout", "MemoryBroker", "Subscription", "from_url"]
 _REDIS_SCHEMES = {
     *("redis", "rediss", "unix", "valkey", "valkeys"),
     *("redis+sentinel", "rediss+sentinel", "valkey+sentinel", "valkeys+sentinel"),
+    *("redis+cluster", "rediss+cluster", "valkey+cluster", "valkeys+cluster"),
 }
 
 
@@ -38,5 +40,6 @@ def from_url(url: str, **options: Any) -> Broker:
         return RedisBroker.from_url(url, **options)
     raise ValueError(
         f"unsupported EVENTSTREAM_BROKER_URL {url!r}: use memory:// or "
-        "redis://, rediss://, unix://, valkey://, redis+sentinel://"
+        "redis://, rediss://, unix://, valkey://, redis+sentinel://, "
+        "redis+cluster://"
     )

@@ -2,8 +2,9 @@
 
 Works with Redis 6.2+ and Valkey (the same protocol). Selected by
 ``EVENTSTREAM_BROKER_URL = "redis://host:6379/0"`` (also ``rediss://``, ``unix://``,
-``valkey://``, ``valkeys://``, and ``redis+sentinel://`` to follow a primary across
-Sentinel failovers); needs ``pip install flask-eventstream[redis]``.
+``valkey://``, ``valkeys://``, ``redis+sentinel://`` to follow a primary across
+Sentinel failovers, and ``redis+cluster://`` for a Redis Cluster); needs ``pip
+install flask-eventstream[redis]``.
 
 How it works:
 
@@ -40,6 +41,15 @@ How it works:
   ``stats_interval`` seconds, and whenever the set of channels changes), so
   :meth:`RedisBroker.cluster_subscriber_counts` can add up every live process. A
   process with no subscriber, or closed, has no hash.
+
+On a Redis Cluster (:mod:`._slots`, :mod:`._cluster_listener`): the last id
+given out is kept per group of channels that share a hash tag (one slot), so
+ids increase within a group and a stream of one group resumes exactly; a
+stream of several groups resumes with the gap event. The publish script also
+announces each entry on its group's shard channel, and the listener holds one
+connection per primary it needs, subscribed to those (``SSUBSCRIBE``), proving
+continuity from each announcement's previous id and reading the stream itself
+where it cannot. So a process holds at most three connections per primary.
 
 Divergences from the memory broker, on purpose:
 

@@ -12,16 +12,18 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 
 from ..._event import Event, with_id
 from .._fanout import BUFFER_BYTES, Fanout
 from .._protocol import Broker
 from .._subscription import Subscription
+from ._cluster_listener import ClusterListener
 from ._entries import (
     ORIGIN,
     Entry,
@@ -35,8 +37,9 @@ from ._entries import (
 )
 from ._history import History, Replay
 from ._listener import BLOCK_MS, Listener, Positions
-from ._pools import UNAVAILABLE, make_pools
+from ._pools import UNAVAILABLE, is_cluster_url, make_cluster_pools, make_pools
 from ._publish import Publisher
+from ._slots import ClusterNames
 from ._stats import cluster_counts, stats_key
 
 logger = logging.getLogger(__name__)
@@ -70,7 +73,9 @@ class RedisBroker(Broker):
     :param url: ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` or
         ``valkeys://`` URL, with database, user and password as redis-py reads them;
         or ``redis+sentinel://[user:password@]host[:port][,...]/service[/db]`` for
-        a primary that Sentinel watches (the grammar is in ``docs/redis.md``).
+        a primary that Sentinel watches, or ``redis+cluster://[user:password@]
+        host[:port][,...]`` for a Redis Cluster (the grammars are in
+        ``docs/redis.md``).
     :param history: events kept per channel for replay (at least; see above).
     :param buffer: events that may wait for one slow subscriber before it is cut off.
     :param buffer_bytes: bytes that may wait for one slow subscriber before it is cut
@@ -79,8 +84,10 @@ class RedisBroker(Broker):
     :param stats_interval: seconds between two writes of this process's subscriber
         counts to Redis (its hash expires after three); the listener's XREAD blocks
         at most this long.
-    :raises ValueError: for ``history`` below 1, ``stats_interval`` not above 0, or
-        an unknown URL scheme.
+    :raises ValueError: for ``history`` below 1, ``stats_interval`` not above 0,
+        an unknown URL scheme, or a cluster with a key prefix holding braces.
+    :raises BrokerUnavailable: for a cluster of which no node in the URL answers
+        (its slots are read at once).
 
     Ownership: ``publish`` and replay run in the caller's thread on the shared
     pool; the :class:`~._listener.Listener` thread owns its connection and what it
@@ -115,6 +122,31 @@ class RedisBroker(Broker):
         self.client_name = (
             f"eventstream:{socket.gethostname()}:{os.getpid()}:{token[:8]}"
         )
+        self._fanout = Fanout(buffer=buffer, buffer_bytes=buffer_bytes)
+        self._positions = Positions()
+        # Channels with subscribers here whose cursor is being read from Redis (by
+        # the subscription that added them), and the event set once it is known.
+        # The listener does not read them yet. Guarded by the fan-out lock.
+        self._starting: dict[str, threading.Event] = {}
+        if is_cluster_url(url):
+            self._connect_cluster(url, key_prefix, token, stats_interval, history)
+        else:
+            self._connect_one(url, key_prefix, token, stats_interval, history)
+        # History reads in flight, by (channels, Last-Event-ID): a reconnect storm
+        # (a worker died; its browsers all resume from the same id) reads once.
+        self._reads: dict[tuple[tuple[str, ...], str], _Read] = {}
+        self._reads_lock = threading.Lock()
+
+    def _connect_one(
+        self,
+        url: str,
+        key_prefix: str,
+        token: str,
+        stats_interval: float,
+        history: int,
+    ) -> None:
+        """Pools, publisher, history reader and listener for one Redis (or the
+        primary Sentinel names)."""
         # The shared pool retries once: a pooled connection found dead after a
         # Redis restart is replaced at once instead of failing the first read.
         # The listener retries by itself, with backoff; XREAD BLOCK must not
@@ -125,21 +157,13 @@ class RedisBroker(Broker):
             wait=_POOL_WAIT,
             timeout=_TIMEOUT,
             listen_timeout=BLOCK_MS / 1000 + _TIMEOUT,
-            options={
-                "client_name": self.client_name,
-                "socket_connect_timeout": _TIMEOUT,
-            },
+            options=self._connection_options(),
         )
-        self._pool = pools.shared
         self._where = pools.where
-        self._redis = Redis(connection_pool=self._pool)
-        self._fanout = Fanout(buffer=buffer, buffer_bytes=buffer_bytes)
-        self._positions = Positions()
-        # Channels with subscribers here whose cursor is being read from Redis (by
-        # the subscription that added them), and the event set once it is known.
-        # The listener does not read them yet. Guarded by the fan-out lock.
-        self._starting: dict[str, threading.Event] = {}
-        self._listener = Listener(
+        self._pool = pools.shared
+        self._redis: Redis | RedisCluster = Redis(connection_pool=pools.shared)
+        self._disconnect: Callable[[], None] = pools.shared.disconnect
+        self._listener: Listener = Listener(
             fanout=self._fanout,
             positions=self._positions,
             pool=pools.listen,
@@ -152,21 +176,86 @@ class RedisBroker(Broker):
             where=self._where,
             sender=self,
         )
-        # History reads in flight, by (channels, Last-Event-ID): a reconnect storm
-        # (a worker died; its browsers all resume from the same id) reads once.
-        self._reads: dict[tuple[tuple[str, ...], str], _Read] = {}
-        self._reads_lock = threading.Lock()
         # The newest entry id given out, by any process, keeps ids unique across
         # channels (see the publish script).
+        last_id_key = f"{key_prefix}last-id"
         self._publisher = Publisher(
             self._redis,
-            self._pool,
-            key=self.key,
-            last_id_key=f"{key_prefix}last-id",
+            route=lambda key, ask: pools.shared,
+            keys=lambda channel: (self.key(channel), last_id_key),
             history=history,
             where=self._where,
         )
         self._reader = History(self._redis, key=self.key, history=history)
+
+    def _connect_cluster(
+        self,
+        url: str,
+        key_prefix: str,
+        token: str,
+        stats_interval: float,
+        history: int,
+    ) -> None:
+        """The same for a Redis Cluster: a pool per primary, the cluster listener,
+        ids and replay per group of channels (see :mod:`._slots`)."""
+        names = ClusterNames(key_prefix)
+        pools = make_cluster_pools(
+            url,
+            size=_POOL_SIZE,
+            wait=_POOL_WAIT,
+            timeout=_TIMEOUT,
+            listen_timeout=BLOCK_MS / 1000 + _TIMEOUT,
+            options=self._connection_options(),
+        )
+        client: Any = pools.client  # redis-py leaves most of its methods untyped
+        self._where = pools.where
+        self._redis = client
+        self._disconnect = client.close
+        self._listener = ClusterListener(
+            fanout=self._fanout,
+            positions=self._positions,
+            client=client,
+            names=names,
+            node_options=pools.node_options,
+            stats_key=stats_key(key_prefix, token),
+            stats_interval=stats_interval,
+            where=self._where,
+            sender=self,
+        )
+
+        def route(key: str, ask: tuple[str, int] | None) -> Any:
+            node = (
+                client.get_node_from_key(key)
+                if ask is None
+                else client.get_node(host=ask[0], port=ask[1])
+            )
+            if node is None or node.redis_connection is None:
+                raise ClusterDownError(f"no connection to the node serving {key!r}")
+            return node.redis_connection.connection_pool
+
+        def refresh() -> None:
+            try:
+                # Not closing the pools' connections: others' commands use them.
+                client.nodes_manager.initialize(disconnect_startup_nodes_pools=False)
+            except (RedisClusterException, RedisError):
+                pass  # no node answers yet: the next publish asks again
+
+        self._publisher = Publisher(
+            client,
+            route=route,
+            keys=lambda channel: (names.key(channel), names.last_id_key(channel)),
+            notices=names.notices,
+            refresh=refresh,
+            history=history,
+            where=self._where,
+        )
+        self._reader = History(client, key=self.key, history=history, group=names.group)
+
+    def _connection_options(self) -> dict[str, Any]:
+        return {
+            "client_name": self.client_name,
+            "socket_connect_timeout": _TIMEOUT,
+        }
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -471,4 +560,4 @@ class RedisBroker(Broker):
         """End every subscription, stop the listener, close the connections."""
         self._listener.stop()
         self._fanout.end_all()
-        self._pool.disconnect()
+        self._disconnect()

@@ -37,9 +37,11 @@ KEY_TTL = 3600
 
 #: XADD with an id unique across all channels, not only within one stream: the
 #: Redis clock in ms and a sequence number, both taken from the last id given out
-#: (KEYS[2]) so they never go back. Then a multi-channel stream resumed from one
-#: channel's id cannot skip another channel's entry that got the same id. An id
-#: refused (a stream written by something else) falls back to the stream's own.
+#: (KEYS[2]; in a Redis Cluster, the last id of the channels of one hash tag, or
+#: the stream's own last id when KEYS[2] is the stream) so they never go back.
+#: Then a multi-channel stream resumed from one channel's id cannot skip another
+#: channel's entry that got the same id. An id refused (a stream written by
+#: something else) falls back to the stream's own.
 #: A publish is retried once when its connection breaks; if the first attempt was
 #: stored and only the reply was lost, the retry finds the attempt's random token
 #: (field ``t``) among the newest ARGV[3] entries and returns that entry's id
@@ -69,7 +71,8 @@ end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local seq = 0
-local last = redis.call('GET', KEYS[2])
+local last = nil
+if KEYS[2] ~= KEYS[1] then last = redis.call('GET', KEYS[2]) end
 if last then
     local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
     if last_ms and ms <= tonumber(last_ms) then
@@ -86,10 +89,23 @@ if type(added) == 'table' and added.err then
     added = redis.call(
         'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous, unpack(ARGV, 6))
 end
-redis.call('SET', KEYS[2], added)
+if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], added) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[3], added, 'EX', ARGV[5]) end
+--notice--
 return added
 """
+
+#: The publish script for a Redis Cluster: it also announces the new entry on
+#: the shard channel KEYS[4] (``SPUBLISH``, same hash tag, so same slot) as a
+#: JSON array: stream key, entry id, previous id, then the fields and values.
+#: Listeners read those notices (sharded pub/sub reaches across slots, which one
+#: ``XREAD`` cannot) and prove continuity with the previous id.
+XADD_NOTIFY = XADD.replace(
+    "--notice--",
+    "redis.call('SPUBLISH', KEYS[4], "
+    "cjson.encode({KEYS[1], added, previous, unpack(ARGV, 6)}))",
+)
+XADD = XADD.replace("--notice--\n", "")
 
 #: A stream entry id as (milliseconds, sequence), so that ids compare correctly.
 EntryId = tuple[int, int]

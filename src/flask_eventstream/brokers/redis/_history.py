@@ -3,6 +3,10 @@ starts, and what to replay after a ``Last-Event-ID``.
 
 A client's id is only ever looked up here, never trusted: the positions handed
 back are ids Redis gave.
+
+In a Redis Cluster, ids are comparable only within a group of channels (one hash
+tag, see :mod:`._slots`): a resume replays the group of the channel that holds
+the entry named, and nothing of the other groups, which get the gap event.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from redis import Redis
+from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ._entries import (
@@ -51,14 +56,22 @@ class History:
     :param key: a channel's stream key.
     :param history: entries kept per stream (for Redis 6.2, which does not count
         the entries a stream ever had).
+    :param group: which channels have comparable ids (in a cluster, the hash
+        tag); every channel is in one group on one Redis.
     """
 
     def __init__(
-        self, redis: Redis, *, key: Callable[[str], str], history: int
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        key: Callable[[str], str],
+        history: int,
+        group: Callable[[str], str] = lambda channel: "",
     ) -> None:
         self._redis = redis
         self._key = key
         self._history = history
+        self._group = group
 
     def newest(self, names: list[str]) -> dict[str, tuple[EntryId, list[Entry]]]:
         """For each channel: the id of its newest entry, and no backlog."""
@@ -76,28 +89,42 @@ class History:
         *last_event_id* names, oldest first; and whether events may have been missed.
 
         Nothing is missed only if one of the channels holds the entry named (by
-        its entry id, or by the id it was published with), and no channel trimmed
-        entries after it. Entries at or before a position are never replayed.
+        its entry id, or by the id it was published with), no channel trimmed
+        entries after it, and all channels are in one group. Entries at or before
+        a position are never replayed; nor is anything of a group other than the
+        one of the entry named (its ids are not comparable: the gap instead).
         """
         position = client_id(last_event_id)
         scans = {
             name: self._scan_back(self._key(name), last_event_id.encode(), position)
             for name in names
         }
-        found = [scan.found for scan in scans.values() if scan.found is not None]
+        groups = {name: self._group(name) for name in names}
+        found = [
+            (scan.found, name) for name, scan in scans.items() if scan.found is not None
+        ]
+        home: str | None = None
         if found:
             # An explicit id names an entry of one channel; its entry id is the
-            # position in the others (entry ids are times on one Redis clock).
-            position = max(found)
-        missed = not found or any(
-            self._trimmed(name, scan, position)
-            for name, scan in scans.items()
-            if position is not None
+            # position in the others of its group (entry ids are times on one
+            # Redis clock, or one cluster slot's).
+            position, holder = max(found)
+            home = groups[holder]
+        missed = (
+            not found
+            or len(set(groups.values())) > 1
+            or any(
+                self._trimmed(name, scan, position)
+                for name, scan in scans.items()
+                if position is not None and groups[name] == home
+            )
         )
         replay: dict[str, tuple[EntryId, list[Entry]]] = {}
         for name, scan in scans.items():
             entries = scan.entries
-            if position is not None:
+            if home is not None and groups[name] != home:
+                entries = []
+            elif position is not None:
                 entries = [entry for entry in entries if entry.id > position]
             replay[name] = (scan.top, entries)
         return replay, missed

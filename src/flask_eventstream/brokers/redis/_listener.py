@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from redis import ConnectionPool, Redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from ...signals import broker_reconnected
@@ -48,8 +49,8 @@ _STATS_TTL_INTERVALS = 3
 #: Entries one XREAD returns per stream; more are read by the next XREAD at once.
 _BATCH = 1000
 #: Reconnection backoff of the listener, in seconds: first step and cap.
-_BACKOFF_FIRST = 0.05
-_BACKOFF_CAP = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 5.0
 
 
 class Positions:
@@ -81,7 +82,8 @@ class Listener:
 
     :param fanout: the broker's fan-out, which it delivers to.
     :param positions: the read positions it shares with the broker.
-    :param pool: its own connection pool (one connection, never retried).
+    :param pool: its own connection pool (one connection, never retried);
+        ``None`` for the cluster listener, which holds connections per node.
     :param redis: a client of the shared pool, to wake it from another thread.
     :param key: a channel's stream key.
     :param stats_key: where it keeps this process's counts (:mod:`._stats`).
@@ -96,8 +98,8 @@ class Listener:
         *,
         fanout: Fanout,
         positions: Positions,
-        pool: ConnectionPool,
-        redis: Redis,
+        pool: ConnectionPool | None,
+        redis: Redis | RedisCluster,
         key: Callable[[str], str],
         stats_key: str,
         epoch_key: str,
@@ -109,7 +111,11 @@ class Listener:
         self._fanout = fanout
         self._positions = positions
         self._listen_pool = pool
-        self._listen = Redis(connection_pool=pool)
+        # The listener's own client; in a cluster (no pool of its own) the shared
+        # one, for its bookkeeping (the cluster listener reads notices elsewhere).
+        self._listen: Redis | RedisCluster = (
+            redis if pool is None else Redis(connection_pool=pool)
+        )
         self._redis = redis
         self._key = key
         self._where = where
@@ -164,8 +170,11 @@ class Listener:
         and then checks ``_blocking``: one of the two sees the other.
         """
         self._changed.set()
-        if not self._blocking:
-            return
+        if self._blocking:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Make a blocked XREAD return: a note on the wake-up stream."""
         try:
             self._redis.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
         except RedisError:
@@ -181,24 +190,28 @@ class Listener:
                 if self._closing.is_set():
                     break
                 failures += 1
-                step = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**failures)
+                step = min(BACKOFF_CAP, BACKOFF_FIRST * 2**failures)
                 delay = step / 2 + random.uniform(0, step / 2)
                 self._lost(exc, delay)
-                self._listen_pool.disconnect()
+                self._disconnect()
                 self._closing.wait(delay)
             except Exception:
                 logger.exception("Redis listener failed; restarting it")
-                self._listen_pool.disconnect()
-                self._closing.wait(_BACKOFF_CAP)
+                self._disconnect()
+                self._closing.wait(BACKOFF_CAP)
 
-    def _listen_once(self) -> None:
-        """One XREAD over every channel read here, delivered in order.
+    def _disconnect(self) -> None:
+        """Close the listener's connection (it reconnects when it reads again)."""
+        if self._listen_pool is not None:
+            self._listen_pool.disconnect()
+
+    def _snapshot(self) -> tuple[dict[str, EntryId], set[str], int] | None:
+        """The channels read here with their cursors, those of them unproven, and
+        how long to wait at most; ``None`` (after waiting for a change) when there
+        is none, so that the listener holds no connection.
 
         A channel read here has subscribers, or had some less than :data:`_LINGER`
-        seconds ago. Before each batch of a channel is delivered, its first entry
-        proves that nothing between the cursor and it was trimmed; if it cannot,
-        the channel's subscribers get the gap event first (this process fell more
-        than the history behind).
+        seconds ago.
         """
         self._changed.clear()  # before the snapshot: a later change is not lost
         now = time.monotonic()
@@ -221,13 +234,35 @@ class Listener:
             del self._idle_since[name]  # started again, or gone with its cursor
         if not snapshot:
             self._forget_counts()
-            self._listen_pool.disconnect()  # idle: hold no connection
+            self._disconnect()  # idle: hold no connection
             self._changed.wait()
-            return
+            return None
         self._write_counts(frozenset(snapshot))
-        if self._lost_at is not None or now >= self._check_due:
+        return snapshot, unproven, block_ms
+
+    def _store_due(self) -> bool:
+        """Whether the store is to be checked now (and then not again for a
+        ``stats_interval``): after a lost connection, and every interval."""
+        now = time.monotonic()
+        if self._lost_at is None and now < self._check_due:
+            return False
+        self._check_due = now + self._stats_interval
+        return True
+
+    def _listen_once(self) -> None:
+        """One XREAD over every channel read here, delivered in order.
+
+        Before each batch of a channel is delivered, its first entry proves that
+        nothing between the cursor and it was trimmed; if it cannot, the
+        channel's subscribers get the gap event first (this process fell more
+        than the history behind).
+        """
+        taken = self._snapshot()
+        if taken is None:
+            return
+        snapshot, unproven, block_ms = taken
+        if self._store_due():
             self._check_store(snapshot, unproven)
-            self._check_due = now + self._stats_interval
         if self._lost_at is not None:  # that was the first command to succeed
             self._back(self._lost_at)
         by_key = {self._key(name).encode(): name for name in snapshot}
@@ -424,13 +459,12 @@ class Listener:
         self._changed.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
-            try:
-                self._redis.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
-            except RedisError:
-                pass
+            self._interrupt()
             thread.join(timeout=BLOCK_MS / 1000 + 5.0)
             try:
-                self._redis.delete(self._wake_key, self._stats_key)
+                self._redis.delete(self._stats_key)
+                if self._wake_key:
+                    self._redis.delete(self._wake_key)
             except RedisError:
                 pass  # the counts expire by themselves
-        self._listen_pool.disconnect()
+        self._disconnect()

@@ -6,21 +6,51 @@ stored: nothing was sent (``BrokerUnavailable``), Redis refused it (``BrokerErro
 or it was sent and no answer came (``PublishUncertain``). A token stored with the
 entry (an app's ``idempotency_key``, else a random one) makes a second run of a
 stored attempt return the stored entry instead of storing it again.
+
+In a Redis Cluster the script runs on the primary of the channel's slot (its
+keys share the channel's hash tag); a redirection (``MOVED``, ``ASK``) or a
+slot in migration (``TRYAGAIN``) is an answer, so the event was not stored: the
+script is sent again where Redis says, a few times, then ``BrokerUnavailable``.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from redis import BlockingConnectionPool, Redis
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ..._event import Event
 from ...exceptions import BrokerError, BrokerUnavailable, PublishUncertain
-from ._entries import DATA, DEDUPE_WINDOW, ID, KEY_TTL, RETRY, TOKEN, TYPE, XADD
+from ._entries import (
+    DATA,
+    DEDUPE_WINDOW,
+    ID,
+    KEY_TTL,
+    RETRY,
+    TOKEN,
+    TYPE,
+    XADD,
+    XADD_NOTIFY,
+)
 from ._pools import UNAVAILABLE
+
+#: Cluster answers that mean "not here, not now": the script did not run.
+_REDIRECTED = (AskError, MovedError, TryAgainError, ClusterDownError)
+#: How many redirections one publish follows before it reports Redis unavailable.
+_REDIRECTS = 5
 
 
 class _Sent(Exception):
@@ -28,29 +58,37 @@ class _Sent(Exception):
 
 
 class Publisher:
-    """Runs the publish script on the broker's shared pool, from any thread.
+    """Runs the publish script on the broker's shared pools, from any thread.
 
-    :param redis: a client of *pool* (to register the script).
-    :param key: a channel's stream key.
-    :param last_id_key: the key of the newest id given out.
+    :param redis: a client to register the script with.
+    :param route: the pool of the Redis that serves a key; in a cluster the
+        primary of its slot, or the node an ``ASK`` redirection names (the second
+        argument, ``None`` unless redirected).
+    :param keys: a channel's stream key and the key of the newest id given out.
+    :param notices: in a cluster, the shard channel that announces a channel's
+        entries (the script then announces them, see :data:`._entries.XADD_NOTIFY`).
+    :param refresh: re-read where slots are served (after ``MOVED``, or a node
+        that cannot be reached); nothing for one Redis.
     :param history: entries kept per stream.
     :param where: what errors name.
     """
 
     def __init__(
         self,
-        redis: Redis,
-        pool: BlockingConnectionPool,
+        redis: Redis | RedisCluster,
         *,
-        key: Callable[[str], str],
-        last_id_key: str,
+        route: Callable[[str, tuple[str, int] | None], Any],
+        keys: Callable[[str], tuple[str, str]],
+        notices: Callable[[str], str] | None = None,
+        refresh: Callable[[], None] = lambda: None,
         history: int,
         where: str,
     ) -> None:
-        self._pool = pool
-        self._script = redis.register_script(XADD)
-        self._key = key
-        self._last_id_key = last_id_key
+        self._script = redis.register_script(XADD if notices is None else XADD_NOTIFY)
+        self._route = route
+        self._keys = keys
+        self._notices = notices
+        self._refresh = refresh
         self._history = history
         self._where = where
 
@@ -76,10 +114,11 @@ class Publisher:
         token = idempotency_key or secrets.token_hex(8)
         fields += [TOKEN, token]
         keyed = idempotency_key is not None
-        idempotency = (
-            f"{self._key(channel)}:key:{token}" if keyed else self._key(channel)
-        )
-        keys = [self._key(channel), self._last_id_key, idempotency]
+        stream, last_id = self._keys(channel)
+        idempotency = f"{stream}:key:{token}" if keyed else stream
+        keys = [stream, last_id, idempotency]
+        if self._notices is not None:
+            keys.append(self._notices(channel))
         # A key may come from a PublishUncertain: look for its earlier attempt.
         look = DEDUPE_WINDOW if keyed else 0
         args = [self._history, token, look, int(keyed), KEY_TTL, *fields]
@@ -92,25 +131,46 @@ class Publisher:
         be dead (Redis restarted), and the token makes a second run of a stored
         attempt return the first one's entry. What is raised says whether the
         command may have run: only a failure before any attempt was sent is
-        "not stored".
+        "not stored". A cluster's redirections are followed (see the module
+        docstring) without counting as attempts.
         """
-        pool: Any = self._pool  # redis-py leaves these methods untyped
         sent = False
         failure: BaseException | None = None
-        for _ in range(2):
+        attempts = redirects = 0
+        ask: tuple[str, int] | None = None
+        while attempts < 2:
             try:
+                pool = self._route(keys[0], ask)
                 connection = pool.get_connection()
+            except _REDIRECTED as exc:
+                failure = exc
+                break
             except UNAVAILABLE as exc:
                 failure = exc
+                self._refresh()  # a cluster node gone: ask who serves the slot now
                 break  # cannot connect: no second attempt will either
             if sent:  # the first attempt may have been stored: look for it
                 args = [*args[:2], DEDUPE_WINDOW, *args[3:]]
             try:
-                return self._send(connection, keys, args)
+                return self._send(connection, keys, args, asking=ask is not None)
             except _Sent as exc:
                 sent = True
                 failure = exc.__cause__
                 connection.disconnect()
+                attempts += 1
+            except _REDIRECTED as exc:  # an answer: not run; go where Redis says
+                failure = exc
+                redirects += 1
+                if redirects > _REDIRECTS:
+                    break
+                ask = None
+                if isinstance(exc, MovedError):
+                    self._refresh()
+                elif isinstance(exc, AskError):
+                    ask = (exc.host, exc.port)
+                else:  # a slot being migrated or taken over: wait a moment
+                    time.sleep(0.05 * redirects)
+                    self._refresh()
             except ResponseError as exc:  # an answer: certainly not stored
                 refused: type[BrokerError] = (
                     BrokerUnavailable if isinstance(exc, ReadOnlyError) else BrokerError
@@ -122,6 +182,9 @@ class Publisher:
             except UNAVAILABLE as exc:  # failed while sending: not run
                 failure = exc
                 connection.disconnect()
+                attempts += 1
+                if attempts == 1:
+                    self._refresh()
             finally:
                 pool.release(connection)
         if sent:
@@ -137,14 +200,20 @@ class Publisher:
             f"channel {channel!r} was not published"
         ) from failure
 
-    def _send(self, connection: Any, keys: list[str], args: list[Any]) -> bytes:
-        """EVALSHA the publish script on *connection* (EVAL if Redis lacks it).
+    def _send(
+        self, connection: Any, keys: list[str], args: list[Any], *, asking: bool
+    ) -> bytes:
+        """EVALSHA the publish script on *connection* (EVAL if Redis lacks it),
+        after ``ASKING`` for a slot being imported there.
 
         :raises _Sent: the command was written and then the reply failed (from
             the Redis error as ``__cause__``).
         """
         script = self._script
         for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
+            if asking:
+                connection.send_command("ASKING")
+                connection.read_response()
             connection.send_command(command, body, len(keys), *keys, *args)
             try:
                 return cast(bytes, connection.read_response())

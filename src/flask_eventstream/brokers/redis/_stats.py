@@ -7,6 +7,7 @@ import re
 from typing import cast
 
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from ...exceptions import BrokerUnavailable
 from ._pools import UNAVAILABLE
@@ -17,8 +18,11 @@ def stats_key(prefix: str, token: str) -> str:
     return f"{prefix}stats:{token}"
 
 
-def cluster_counts(redis: Redis, prefix: str, where: str) -> dict[str, int]:
-    """Live subscribers per channel in every process on this Redis and *prefix*.
+def cluster_counts(
+    redis: Redis | RedisCluster, prefix: str, where: str
+) -> dict[str, int]:
+    """Live subscribers per channel in every process on this Redis and *prefix*
+    (on every primary of a cluster: its ``SCAN`` goes over them all).
 
     :raises BrokerUnavailable: Redis cannot be reached.
     """
