@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,11 @@ from flask_eventstream.brokers.redis._slots import ClusterNames, hash_tag
 from flask_eventstream.cli import eventstream
 
 from ..conftest import missing
-from ..helpers import wait_for
+from ..docs_blocks import code_block
+from ..docs_shell import ShellServer, answers, free_port
+from ..helpers import StreamClient, wait_for
+from ..test_docs_commands import NGINX_MAIN
+from ..test_servers import Gunicorn, gunicorn  # noqa: F401 (a fixture)
 from .cluster import Cluster
 from .failover import SteadyPublisher, check_delivery
 from .reading import Reader, id_order
@@ -335,17 +341,30 @@ def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["sigkill", "manual"])
 def test_a_failover_under_load_loses_nothing_silently(
-    own_cluster: Cluster, fault: str
+    own_cluster: Cluster,
+    gunicorn: Callable[..., Gunicorn],  # noqa: F811
+    fault: str,
 ) -> None:
     """The primary of the channel's slot SIGKILLed, or a manual ``CLUSTER
     FAILOVER`` on its replica, while a publisher publishes every 20 ms and two
-    brokers (two app processes' worth) listen: publishing resumes on the new
-    primary within a bound; each subscriber gets every acknowledged event
-    once, in order, or the gap event; no id goes back. Meanwhile a channel of
-    another primary is delivered at once."""
+    brokers here, and an app process (gunicorn, gevent) with a browser-like
+    client over HTTP, listen: publishing resumes on the new primary within a
+    bound; each subscriber gets every acknowledged event once, in order, or the
+    gap event; no id goes back. Meanwhile a channel of another primary is
+    delivered at once."""
     prefix = _prefix()
     publishing = _broker(own_cluster, prefix)
     listening = [_broker(own_cluster, prefix) for _ in range(2)]
+    app_process = gunicorn(
+        "gevent",
+        heartbeat=1,
+        environ={
+            "EVENTSTREAM_BROKER_URL": own_cluster.url,
+            "EVENTSTREAM_REDIS_PREFIX": prefix,
+        },
+    )
+    browser = StreamClient(f"{app_process.url}/stream?channel=ticks", timeout=30)
+    wait_for(lambda: app_process.count() == 1, timeout=10)
     try:
         old = own_cluster.primary_of(f"{prefix}{{ticks}}")
         other = next(
@@ -377,6 +396,12 @@ def test_a_failover_under_load_loses_nothing_silently(
         resumed = (publisher.resumed_at or faulted_at) - faulted_at
         print(f"{fault}: publishing resumed {resumed:.2f}s after the fault")
         assert resumed < 15
+        last = list(publisher.acknowledged)[-1]
+        browser.read_until(lambda c: last in {e.data for e in c.events}, timeout=30)
+        over_http = Reader(readers[0].subscription)
+        over_http.events = browser.events
+        check_delivery(over_http, publisher.acknowledged, ids_increase=True)
+        print(f"{fault}: the app process got {len(browser.events)} events")
         for reader in readers:
             _read_through(reader, publisher)
             ticks = Reader(reader.subscription)
@@ -390,6 +415,7 @@ def test_a_failover_under_load_loses_nothing_silently(
             gaps = sum(e.event == GAP_EVENT for e in ticks.events)
             print(f"{fault}: {gaps} gap events, {len(ticks.events)} events")
     finally:
+        browser.close()
         publishing.close()
         for broker in listening:
             broker.close()
@@ -433,3 +459,117 @@ def test_a_slot_moved_while_streams_are_open(own_cluster: Cluster) -> None:
         publishing.close()
         for broker in listening:
             broker.close()
+
+
+# docs/redis.md's samples for a cluster, run with the test cluster's nodes in
+# place of the page's host names.
+
+_APP = """\
+from flask import Flask
+from flask_eventstream import EventStream
+
+
+def create_app():
+    app = Flask(__name__)
+    app.config.from_prefixed_env()
+    EventStream(app)
+    return app
+"""
+
+
+def _nodes(cluster: Cluster) -> str:
+    return cluster.url.split("://", 1)[1]
+
+
+def test_the_pages_cluster_sample_is_a_url_the_broker_takes(
+    redis_cluster: Cluster,
+) -> None:
+    sample = code_block("redis.md", "python", "redis+cluster://")
+    app = Flask(__name__)
+    exec(sample, {"app": app})  # noqa: S102 - the documentation's own code
+    url = app.config["EVENTSTREAM_BROKER_URL"]
+    assert url == "redis+cluster://:secret@redis-1:6379,redis-2:6379,redis-3:6379"
+    hosts = "redis-1:6379,redis-2:6379,redis-3:6379"
+    app.config["EVENTSTREAM_BROKER_URL"] = url.replace(
+        f":secret@{hosts}", _nodes(redis_cluster)
+    )
+    app.config["EVENTSTREAM_REDIS_PREFIX"] = _prefix()
+    events = EventStream(app)
+    with app.app_context():
+        reader = Reader(events.broker().subscribe(["sample"]))
+        events.publish("through the cluster", channel="sample")
+        assert [e.data for e in reader.read(1)] == ["through the cluster"]
+        reader.subscription.close()
+        events.broker().close()
+
+
+@pytest.mark.slow
+def test_the_worked_deployment_runs(redis_cluster: Cluster, tmp_path: Path) -> None:
+    """Two app machines (the page's gunicorn command, run twice), nginx in front
+    (the page's block), one cluster: a stream through nginx gets what a third
+    process publishes, whichever machine serves it."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        missing("nginx")
+    diagram = code_block("redis.md", "", "browsers ── nginx")
+    script = code_block("redis.md", "sh", "FLASK_EVENTSTREAM_BROKER_URL")
+    assert "gunicorn -k gevent, 4 workers" in diagram
+    assert "--worker-class gevent --workers 4" in script
+    sentinel, cluster = (
+        line.split("=", 1)[1].strip()
+        for line in script.splitlines()
+        if "FLASK_EVENTSTREAM_BROKER_URL=" in line
+    )
+    assert cluster == """'"redis+cluster://:secret@r1:6379,r2:6379,r3:6379"'"""
+    ours = f"""'"redis+cluster://{_nodes(redis_cluster)}"'"""
+    script = script.replace(sentinel, ours).replace("--workers 4", "--workers 1")
+    (tmp_path / "app.py").write_text(_APP)
+    machines = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            env = dict(os.environ, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}")
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+            machines.append(ShellServer(script, cwd=tmp_path, env=env, port=port))
+        for machine in machines:
+            machine.wait_serving("/nothing")
+        block = code_block("redis.md", "nginx", "upstream app")
+        for name, machine in zip(("app-1:8000", "app-2:8000"), machines, strict=True):
+            block = block.replace(name, f"127.0.0.1:{machine.port}")
+        port = free_port()
+        block = block.replace("listen 443 ssl;", f"listen 127.0.0.1:{port};")
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(NGINX_MAIN.format(prefix=tmp_path, block=block))
+        proxy = subprocess.Popen(
+            [nginx, "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
+            + ["-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: answers(port, "/nothing"), timeout=20)
+            # nginx takes turns: two streams land on both machines.
+            streams = [
+                StreamClient(f"http://127.0.0.1:{port}/stream/news", timeout=10)
+                for _ in range(2)
+            ]
+            publisher = RedisBroker.from_url(redis_cluster.url)  # the default prefix
+            try:
+                for stream in streams:
+                    stream.read_until(lambda s: len(s.raw) > 0, timeout=10)
+                published = publisher.publish("news", Event("to every machine"))
+                for stream in streams:
+                    stream.read_until(lambda s: len(s.events) > 0, timeout=10)
+                    assert [(e.data, e.id) for e in stream.events] == [
+                        ("to every machine", published.id)
+                    ]
+            finally:
+                publisher.close()
+                for stream in streams:
+                    stream.close()
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+    finally:
+        for machine in machines:
+            machine.stop()
