@@ -331,16 +331,7 @@ class ClusterListener(Listener):
                 if cursors[name] != snapshot[name]
                 and self._positions.cursors.get(name) == snapshot[name]
             }
-            for name in broken:
-                if name in current:
-                    self._fanout.notify([name], gap(name, snapshot[name]))
-            for name in current:
-                self._positions.cursors[name] = cursors[name]
-                self._positions.unproven.discard(name)
-                self._positions.seen(cursors[name])
-            for entry_id, name, wire in batch:
-                if name in current:
-                    self._fanout.deliver(name, wire, entry_id)
+            self._hand_over(current, broken, snapshot, cursors, batch)
 
     def _check_cluster(
         self,

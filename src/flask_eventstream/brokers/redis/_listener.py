@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from redis import ConnectionPool, Redis
@@ -312,16 +312,30 @@ class Listener:
                 for name in last
                 if self._positions.cursors.get(name) == snapshot[name]
             }
-            for name in broken:
-                if name in current:
-                    self._fanout.notify([name], gap(name, snapshot[name]))
-            for name in current:
-                self._positions.cursors[name] = last[name]
-                self._positions.unproven.discard(name)
-                self._positions.seen(last[name])
-            for entry_id, name, wire in batch:
-                if name in current:
-                    self._fanout.deliver(name, wire, entry_id)
+            self._hand_over(current, broken, snapshot, last, batch)
+
+    def _hand_over(
+        self,
+        current: set[str],
+        broken: Iterable[str],
+        snapshot: dict[str, EntryId],
+        cursors: dict[str, EntryId],
+        batch: list[tuple[EntryId, str, bytes]],
+    ) -> None:
+        """What one read found, to the fan-out (call under its lock): the gap to
+        the *broken* channels, then *batch*, in order; only for the channels
+        still read from their *snapshot* cursor (*current*), whose cursors move
+        to *cursors*."""
+        for name in broken:
+            if name in current:
+                self._fanout.notify([name], gap(name, snapshot[name]))
+        for name in current:
+            self._positions.cursors[name] = cursors[name]
+            self._positions.unproven.discard(name)
+            self._positions.seen(cursors[name])
+        for entry_id, name, wire in batch:
+            if name in current:
+                self._fanout.deliver(name, wire, entry_id)
 
     def _check_store(self, snapshot: dict[str, EntryId], unproven: set[str]) -> None:
         """Tell the subscribers of every channel whose entries Redis lost.
