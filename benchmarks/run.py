@@ -274,7 +274,7 @@ class Server:
         self.target = target
         self.port = _free_port()
         self.redis: Redis | RedisCluster | None = None
-        if target.kind == "flask-sse" or target.broker == "redis":
+        if target.kind == "flask-sse" or target.broker in _REDIS_FLOORS + ("redis",):
             self.redis = Redis()
         elif target.broker == "cluster":
             self.redis = RedisCluster()
@@ -313,6 +313,8 @@ class Server:
             config = ["--config", "python:flask_eventstream.gunicorn"]
             args = [*gunicorn, *config, "benchmarks.apps.ours:app"]
         elif target.kind == "floor":
+            if self.redis is not None:
+                env["REDIS_URL"] = self.redis.url
             args = [*gunicorn, f"benchmarks.apps.floor:{target.broker}"]
         elif target.kind == "flask-sse":
             assert self.redis is not None
@@ -784,20 +786,25 @@ def _ratio(ours: Any, theirs: Any, better: str) -> str:
 def _against_references(
     results: dict[str, dict[str, dict[str, Any]]], before: str | None
 ) -> list[str]:
-    """Ours against the Flask-view floor (churn) and, with ``--before``, against
-    ours at that revision: rates (median rounds), > 1 is better now."""
+    """Ours against the Flask-view floor of the same broker (churn, fan-out burst)
+    and, with ``--before``, against ours at that revision: rates (median rounds),
+    > 1 is better now."""
     lines: list[str] = []
-    floor = results.get("flask-floor", {}).get("churn", {}).get("per_second")
-    for broker in ("memory", "redis"):
+    for broker, floor_name in (
+        ("memory", "flask-floor"),
+        ("redis", "flask-floor-redis"),
+    ):
         now = results.get(f"ours-{broker}", {})
         then = results.get(f"ours-{broker}-before", {})
+        floors = results.get(floor_name, {})
         for scenario, data in now.items():
             rate = data.get("per_second")
             if not isinstance(rate, (int, float)):
                 continue
             parts = []
-            if scenario == "churn" and isinstance(floor, (int, float)) and floor:
-                parts.append(f"{rate / floor:.2f}x the flask-floor")
+            floor = floors.get(scenario, {}).get("per_second")
+            if isinstance(floor, (int, float)) and floor:
+                parts.append(f"{rate / floor:.2f}x the {floor_name}")
             old = then.get(scenario, {}).get("per_second")
             if isinstance(old, (int, float)) and old:
                 parts.append(f"{rate / old:.2f}x {before}")
@@ -926,6 +933,9 @@ def _chart(
     plt.close(figure)
 
 
+#: The apps of ``apps/floor.py`` whose events go through Redis.
+_REDIS_FLOORS = ("flask_redis_app",)
+
 #: What sse-starlette's uvicorn runs: not ``hostile``, which needs a gunicorn that
 #: listens on a second address.
 _UVICORN_SCENARIOS = ("idle", "fanout-burst", "fanout-50/s", "churn", "stalled")
@@ -945,8 +955,13 @@ def _targets(only: list[str] | None, before: Path | None = None) -> list[Target]
         Target("flask-sse", "flask-sse"),
         Target("sse-starlette", "starlette", scenarios=_UVICORN_SCENARIOS),
     ]
+    floors = ("idle", "churn", "fanout-burst")
     for name, app in (("wsgi-floor", "app"), ("flask-floor", "flask_app")):
-        targets.append(Target(name, "floor", app, scenarios=("idle", "churn")))
+        targets.append(Target(name, "floor", app, scenarios=floors))
+    redis_floor = _REDIS_FLOORS[0]
+    targets.append(
+        Target("flask-floor-redis", "floor", redis_floor, scenarios=floors[1:])
+    )
     return [t for t in targets if not only or t.name in only]
 
 

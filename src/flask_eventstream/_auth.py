@@ -100,34 +100,40 @@ def mint_token(
 
 
 def check_access(
+    app: Flask,
     channels: Sequence[str],
     *,
     token: str | None,
-    keys: Sequence[str | bytes],
     require_token: bool,
     authorizers: Sequence[Authorizer],
     jwt: JWTVerifier | None = None,
 ) -> Refusal | None:
     """Decide whether the current request may subscribe to *channels*.
 
+    :param app: the app, whose ``SECRET_KEY`` (and fallbacks) sign tokens.
     :param token: the ``?token=`` value, or ``None`` when absent.
-    :param keys: the signing keys; empty when the app has no ``SECRET_KEY``.
-    :param jwt: when set, tokens are JWTs checked by it instead of signed by *keys*.
+    :param jwt: when set, tokens are JWTs checked by it instead of signed by the
+        app's keys.
     :return: ``None`` to allow, else the :class:`Refusal` to answer.
     :raises RuntimeError: if tokens are required but the app has no ``SECRET_KEY``.
     """
+    if token is None and not require_token and not authorizers:
+        return None  # nothing to check: the common case, kept cheap
     if jwt is not None:
         if token is not None:
             failure = jwt.check(token, channels)
             return None if failure is None else Refusal(*failure)
-    elif not keys:
-        if require_token:
-            raise RuntimeError(
-                "EVENTSTREAM_REQUIRE_TOKEN is set but the app has no SECRET_KEY to "
-                "check subscribe tokens with; set app.secret_key"
-            )
-        # No key: no token can have been minted, so the parameter is the app's own.
-        token = None
+        keys: list[str | bytes] = []
+    else:
+        keys = signing_keys(app)
+        if not keys:
+            if require_token:
+                raise RuntimeError(
+                    "EVENTSTREAM_REQUIRE_TOKEN is set but the app has no SECRET_KEY "
+                    "to check subscribe tokens with; set app.secret_key"
+                )
+            # No key: no token can have been minted, so the parameter is the app's.
+            token = None
     if token is not None:
         return _check_token(channels, token, keys)
     if require_token:

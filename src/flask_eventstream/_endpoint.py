@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, request
 
-from ._auth import TOKEN_PARAM, Authorizer, check_access, signing_keys
+from ._auth import TOKEN_PARAM, Authorizer, check_access
 from ._bodies import SubscriptionStream
 from ._channels import validate_channel
 from ._event import Event
@@ -55,20 +55,17 @@ def subscribe_response(
         last_event_id = requested_last_event_id(req, settings.max_last_event_id)
     except ValueError as exc:
         return plain_response(str(exc), 400)
-    # Replay reads the same channels, so this one check covers it too. Without a
-    # token, no token required and no authorizer, there is nothing to check.
-    token = _token(req, bearer_allowed=settings.jwt is not None)
-    if token is not None or settings.require_token or authorizers:
-        refusal = check_access(
-            channels,
-            token=token,
-            keys=signing_keys(app),
-            require_token=settings.require_token,
-            authorizers=authorizers,
-            jwt=settings.jwt,
-        )
-        if refusal is not None:
-            return plain_response(refusal.message, refusal.status)
+    # Replay reads the same channels, so this one check covers it too.
+    refusal = check_access(
+        app,
+        channels,
+        token=_token(req, bearer_allowed=settings.jwt is not None),
+        require_token=settings.require_token,
+        authorizers=authorizers,
+        jwt=settings.jwt,
+    )
+    if refusal is not None:
+        return plain_response(refusal.message, refusal.status)
     if not state.streams.acquire():
         return over_capacity()
     try:
