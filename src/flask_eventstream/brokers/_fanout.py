@@ -20,7 +20,7 @@ from typing import Any
 from blinker import Signal
 
 from .._event import encode_comment
-from ._subscription import NEVER, Subscription
+from ._subscription import NEVER, Subscription, Tail
 from ._wakeup import FanoutLock, let_readers_run
 
 #: Default of :attr:`Fanout.buffer_bytes`: bytes that may wait for one subscriber.
@@ -28,6 +28,13 @@ from ._wakeup import FanoutLock, let_readers_run
 #: catching up delivers up to 1,000 events at once, and a reader that keeps up
 #: must not be cut off for it.
 BUFFER_BYTES = 8 * 1024 * 1024
+
+#: A channel's tail is checked (its readers' lag) and trimmed (what all of them
+#: read) once its oldest event is this many events, or bytes, behind (or half the
+#: buffer, if less); then at twice what was left after the last check, so that a
+#: burst no reader had CPU for yet is checked a few times, not at every event.
+_TRIM_EVENTS = 64
+_TRIM_BYTES = 256 * 1024
 
 #: Shortest interval between two rounds of the heartbeat ticker, in seconds.
 _MIN_TICK = 0.01
@@ -123,6 +130,10 @@ class Fanout:
         self.buffer = buffer
         self.buffer_bytes = buffer_bytes
         self._by_channel: dict[str, set[Subscription]] = {}
+        # Where each event goes: the tail of its channel, read by the subscriptions
+        # that share it, and, one at a time, the queues of the others.
+        self._tails: dict[str, Tail] = {}
+        self._queued: dict[str, set[Subscription]] = {}
         # Subscriptions that skip events up to a position (see subscribe); rare.
         self._floors: dict[Subscription, Any] = {}
         self._closed = False
@@ -147,7 +158,8 @@ class Fanout:
             :meth:`deliver`): events at or before it are not queued for this
             subscription. For a resume whose backlog could not be read.
         """
-        sub = Subscription(self, channels, missed=missed)
+        shares = len(channels) == 1 and after is None
+        sub = Subscription(self, channels, missed=missed, shares=shares)
         now = time.monotonic()
         for chunk in backlog:
             sub.push(chunk, now)
@@ -158,7 +170,41 @@ class Fanout:
             self._by_channel.setdefault(channel, set()).add(sub)
         if after is not None:
             self._floors[sub] = after
+        if sub.shares:
+            self._attach(sub)
+        else:
+            for channel in sub.channels:
+                self._queued.setdefault(channel, set()).add(sub)
         return sub
+
+    def share(self, sub: Subscription) -> None:
+        """Have *sub*, whose own queue was read, read its channel's tail. Call
+        under the lock."""
+        channel = sub.channels[0]
+        if sub not in self._by_channel.get(channel, ()):
+            return  # no longer subscribed
+        group = self._queued.get(channel)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self._queued[channel]
+        self._attach(sub)
+
+    def _attach(self, sub: Subscription) -> None:
+        channel = sub.channels[0]
+        tail = self._tails.get(channel)
+        if tail is None:
+            tail = self._tails[channel] = Tail()
+            self._next_check(tail)
+        sub.attach(tail)
+
+    def _detach(self, sub: Subscription) -> None:
+        """Have *sub* stop reading its tail (if it does); forget a tail nobody reads."""
+        sub.detach()
+        for channel in sub.channels[:1]:
+            tail = self._tails.get(channel)
+            if tail is not None and not tail.subs:
+                del self._tails[channel]
 
     def deliver(self, channel: str, chunk: bytes, order: Any = None) -> None:
         """Queue *chunk* for every subscriber of *channel*. Call under the lock.
@@ -169,23 +215,34 @@ class Fanout:
         :param order: the event's position, if the broker knows one: a subscriber
             registered with ``after`` at or past it skips the event.
         """
-        subs = self._by_channel.get(channel)
-        if not subs:
+        tail = self._tails.get(channel)
+        subs = self._queued.get(channel)
+        if tail is None and not subs:
             return
-        if self._floors and order is not None:
-            floors = self._floors
-            subs = {sub for sub in subs if sub not in floors or floors[sub] < order}
         buffer, buffer_bytes = self.buffer, self.buffer_bytes
-        half = buffer // 2
         now = time.monotonic()
         dropped: list[Subscription] = []
         crowded = False
-        for sub in subs:
-            queued = sub.put(chunk, buffer, buffer_bytes, now)
-            if not queued:
-                dropped.append(sub)
-            elif queued > half and sub.greenlet:
-                crowded = True
+        if tail is not None:
+            tail.append(chunk)
+            if tail.sleepers:
+                for sub in tail.sleepers:
+                    sub.wake(now)
+                tail.sleepers.clear()
+            count, size = tail.behind()
+            if count > tail.check_events or size > tail.check_bytes:
+                crowded = self._check(tail, now, dropped)
+        if subs:
+            if self._floors and order is not None:
+                floors = self._floors
+                subs = {sub for sub in subs if sub not in floors or floors[sub] < order}
+            half = buffer // 2
+            for sub in subs:
+                queued = sub.put(chunk, buffer, buffer_bytes, now)
+                if not queued:
+                    dropped.append(sub)
+                elif queued > half and sub.greenlet:
+                    crowded = True
         if crowded and not self._yielding:
             # A greenlet reader half way to its cut-off: the publisher lets the
             # readers run before it goes on, so a burst does not cut them off.
@@ -193,6 +250,29 @@ class Fanout:
             self.lock.call_after(self._let_readers_run)
         for sub in dropped:
             self._dropped(sub)
+
+    def _check(self, tail: Tail, now: float, dropped: list[Subscription]) -> bool:
+        """Cut off the readers of *tail* too far behind (into *dropped*), forget
+        what all the others read. Whether a greenlet reader is half way behind."""
+        crowded = False
+        half = self.buffer // 2
+        for sub in list(tail.subs):
+            if sub.over_limits(self.buffer, self.buffer_bytes, now):
+                sub.drop()
+                dropped.append(sub)
+            elif sub.greenlet and sub.queued() > half:
+                crowded = True
+        tail.trim()
+        self._next_check(tail)
+        return crowded
+
+    def _next_check(self, tail: Tail) -> None:
+        """When *tail* is checked next: see :data:`_TRIM_EVENTS`. Never past half
+        the buffer (a reader that far behind is cut off or makes its publisher
+        yield) or the byte buffer (cut off)."""
+        count, size = tail.behind()
+        tail.check_events = min(max(_TRIM_EVENTS, 2 * count), self.buffer // 2)
+        tail.check_bytes = min(max(_TRIM_BYTES, 2 * size), self.buffer_bytes // 2)
 
     def _dropped(self, sub: Subscription) -> None:
         """Forget *sub*, cut off; have its write ended, :data:`fanout_dropped` sent."""
@@ -216,6 +296,9 @@ class Fanout:
         now = time.monotonic()
         for sub in subs:
             if not sub.ended:  # never cut off for a notice
+                if sub.tail is not None:  # queued one at a time until it reads it
+                    self._detach(sub)
+                    self._queued.setdefault(sub.channels[0], set()).add(sub)
                 sub.push(chunk, now)
 
     def remove(self, sub: Subscription) -> None:
@@ -235,6 +318,8 @@ class Fanout:
             self._closed = self._closed or close
             subs = {sub for group in self._by_channel.values() for sub in group}
             self._by_channel.clear()
+            self._queued.clear()
+            self._tails.clear()
             self._floors.clear()
             for sub in subs:
                 sub.end(last)
@@ -258,12 +343,14 @@ class Fanout:
 
     def _discard(self, sub: Subscription) -> None:
         self._floors.pop(sub, None)
+        self._detach(sub)
         for channel in sub.channels:
-            group = self._by_channel.get(channel)
-            if group is not None:
-                group.discard(sub)
-                if not group:
-                    del self._by_channel[channel]
+            for groups in (self._by_channel, self._queued):
+                group = groups.get(channel)
+                if group is not None:
+                    group.discard(sub)
+                    if not group:
+                        del groups[channel]
 
     def need_ticks(self, heartbeat: float) -> None:
         """Have the ticker wake readers at most *heartbeat* seconds after their

@@ -5,10 +5,18 @@ guarded by the fan-out's lock. The fan-out (publishers, the heartbeat ticker)
 writes to it only through the methods grouped under "The fan-out's side" below,
 under that lock; its one reader is the response that streams it, through
 :meth:`Subscription.next_chunk`.
+
+A subscription to one channel whose own queue is empty reads that channel's
+:class:`Tail`, shared by all such subscriptions, at its own cursor: a publish
+appends an event once, whatever the number of subscribers, and wakes only the
+readers that sleep. A subscription with something of its own queued (a backlog,
+a notice, the last comment) leaves the tail, taking what it held past its
+cursor, and is queued for one event at a time until it has read its queue.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +45,79 @@ TOO_SLOW = encode_comment(
 )
 
 NEVER = math.inf
+
+
+class Tail:
+    """The newest events of one channel, read by its subscriptions that share it.
+
+    Each of them reads it at its own cursor, an absolute index (``base`` is the
+    index of ``chunks[0]``). The fan-out appends each event once, wakes the
+    readers that sleep and, when the oldest event kept is ``check_events`` or
+    ``check_bytes`` behind, checks each reader's lag and forgets what all of them
+    have read (:meth:`trim`).
+    """
+
+    __slots__ = (
+        "chunks",
+        "offsets",
+        "base",
+        "end",
+        "end_bytes",
+        "subs",
+        "sleepers",
+        "check_events",
+        "check_bytes",
+    )
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        #: ``offsets[i]``: bytes appended before ``chunks[i]``.
+        self.offsets: list[int] = []
+        self.base = 0
+        self.end = 0
+        self.end_bytes = 0
+        self.subs: set[Subscription] = set()
+        #: Those whose reader is not woken: the next append wakes them.
+        self.sleepers: set[Subscription] = set()
+        #: Set by the fan-out: the lag (events, bytes) behind the oldest event
+        #: kept at which it checks the readers' lag and trims.
+        self.check_events = 0
+        self.check_bytes = 0
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.offsets.append(self.end_bytes)
+        self.end += 1
+        self.end_bytes += len(chunk)
+
+    def since(self, cursor: int) -> tuple[int, int]:
+        """Events and bytes from *cursor* to the end."""
+        if cursor >= self.end:
+            return 0, 0
+        return self.end - cursor, self.end_bytes - self.offsets[cursor - self.base]
+
+    def behind(self) -> tuple[int, int]:
+        """Events and bytes from the oldest event kept to the end: at least any
+        reader's lag."""
+        return self.since(self.base)
+
+    def read(self, cursor: int, size: float = NEVER) -> list[bytes]:
+        """The events from *cursor* on: about *size* bytes, 1 or more."""
+        start = cursor - self.base
+        if self.end_bytes - self.offsets[start] > size:
+            limit = self.offsets[start] + size
+            # offsets[stop] is where the events read end: the last within size.
+            stop = bisect.bisect_right(self.offsets, limit, lo=start + 1) - 1
+            return self.chunks[start : max(stop, start + 1)]
+        return self.chunks[start:]
+
+    def trim(self) -> None:
+        """Forget the events every subscription has read."""
+        oldest = min((sub.cursor for sub in self.subs), default=self.end)
+        if oldest > self.base:
+            del self.chunks[: oldest - self.base]
+            del self.offsets[: oldest - self.base]
+            self.base = oldest
 
 
 class Subscription:
@@ -77,11 +158,21 @@ class Subscription:
         "_woken_at",
         "_took_at",
         "_heartbeat",
+        "_tail",
+        "cursor",
+        "_shares",
     )
 
     def __init__(
-        self, fanout: Fanout, channels: Sequence[str], *, missed: bool = False
+        self,
+        fanout: Fanout,
+        channels: Sequence[str],
+        *,
+        missed: bool = False,
+        shares: bool = False,
     ) -> None:
+        """:param shares: whether it may read its channel's :class:`Tail` (it has
+        one channel, and the fan-out queues every event of it for it)."""
         self.channels = tuple(channels)
         self.missed = missed
         #: Called (with no argument) when this subscription is cut off while its
@@ -112,6 +203,11 @@ class Subscription:
         self._took_at = 0.0
         # The heartbeat interval the fan-out's ticker was asked to serve for us.
         self._heartbeat = NEVER
+        # The tail it reads (with its own queue empty), and the index in it of
+        # the next event to read.
+        self._tail: Tail | None = None
+        self.cursor = 0
+        self._shares = shares
 
     def next_chunk(self, timeout: float) -> bytes | None:
         """Wait up to about *timeout* seconds and return queued bytes, joined.
@@ -133,6 +229,22 @@ class Subscription:
         with self._fanout.lock:
             self._reading = False
             self._deadline = NEVER
+            tail = self._tail
+            if tail is not None:  # its own queue is empty: only the tail's
+                if self.cursor < tail.end:
+                    pending = tail.read(self.cursor, WRITE_SIZE)
+                    self.cursor += len(pending)
+                    self.delivered = True
+                    self._took_at = time.monotonic()
+                    if len(tail.subs) == 1:  # a channel of one: keep nothing read
+                        tail.trim()
+                else:
+                    pending = []
+                woken = self._woken = self.cursor < tail.end
+                if not woken:
+                    tail.sleepers.add(self)
+                self._park.settle(woken)
+                return b"".join(pending)
             pending = self._pending
             if self._size <= WRITE_SIZE:
                 self._pending = []
@@ -141,6 +253,8 @@ class Subscription:
                 pending = self._take(WRITE_SIZE)
             woken = bool(self._pending) or self._ended
             self._woken = woken
+            if not woken and self._shares:
+                self._fanout.share(self)
             self._park.settle(woken)
             if self._ended:
                 if not pending:
@@ -187,6 +301,47 @@ class Subscription:
     # The fan-out's side: called under the fan-out's lock, never by the reader.
 
     @property
+    def shares(self) -> bool:
+        """Whether it may read its channel's tail (when its own queue is empty)."""
+        return self._shares and not self._ended and not self._pending
+
+    @property
+    def tail(self) -> Tail | None:
+        """The tail it reads, if any."""
+        return self._tail
+
+    def attach(self, tail: Tail) -> None:
+        """Read *tail* from its end on; only with nothing queued (:attr:`shares`)."""
+        self._tail = tail
+        self.cursor = tail.end
+        tail.subs.add(self)
+        if not self._woken:
+            tail.sleepers.add(self)
+
+    def detach(self) -> None:
+        """Stop reading the tail; what it held past the cursor is queued."""
+        tail = self._tail
+        if tail is not None:
+            if self.cursor < tail.end:
+                self._size += tail.since(self.cursor)[1]
+                self._pending += tail.read(self.cursor)
+                self.cursor = tail.end
+            tail.subs.discard(self)
+            tail.sleepers.discard(self)
+            self._tail = None
+
+    def over_limits(self, limit: int, limit_bytes: int, now: float) -> bool:
+        """Whether it fell too far behind with what it holds: the rule of
+        :meth:`put`, counted once the event is queued."""
+        count, size = len(self._pending), self._size
+        if self._tail is not None:
+            more, more_bytes = self._tail.since(self.cursor)
+            count, size = count + more, size + more_bytes
+        return count > 1 and (
+            size > limit_bytes or (count > limit and self.stalled(now))
+        )
+
+    @property
     def ended(self) -> bool:
         """Whether the subscription ended (what is queued is still read)."""
         return self._ended
@@ -203,6 +358,8 @@ class Subscription:
 
     def queued(self) -> int:
         """How many chunks wait for the reader."""
+        if self._tail is not None:
+            return len(self._pending) + self._tail.since(self.cursor)[0]
         return len(self._pending)
 
     def wake(self, now: float) -> None:
@@ -214,7 +371,8 @@ class Subscription:
             self._park.wake()
 
     def push(self, chunk: bytes, now: float) -> None:
-        """Queue *chunk* whatever the limits (a backlog, a notice), and wake."""
+        """Queue *chunk* whatever the limits (a backlog, a notice), and wake.
+        Not while it reads a tail: :meth:`detach` first."""
         self._pending.append(chunk)
         self._size += len(chunk)
         self.wake(now)
@@ -259,6 +417,9 @@ class Subscription:
     def end(self, last: bytes = b"", *, replace: bool = False) -> None:
         """End it after what is queued (or, with *replace*, instead of it), with
         *last* written last."""
+        if replace and self._tail is not None:
+            self.cursor = self._tail.end
+        self.detach()
         if replace:
             self._pending = []
             self._size = 0
