@@ -53,9 +53,12 @@ def _publish(channel: str, data: str) -> None:
 
 
 def _stream(channel: str) -> Iterator[bytes]:
-    yield b": open\n\n"
     log = _log.setdefault(channel, [])
-    cursor = len(log)
+    return _follow(channel, log, len(log))  # from the request on, not the 1st write
+
+
+def _follow(channel: str, log: list[bytes], cursor: int) -> Iterator[bytes]:
+    yield b": open\n\n"
     while True:
         if cursor < len(log):
             end = len(log)

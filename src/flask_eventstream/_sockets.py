@@ -25,6 +25,7 @@ each server exposes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import struct
@@ -79,6 +80,16 @@ def bound_dead_client(sock: socket.socket, timeout: float) -> None:
 
     Options a socket does not take (a Unix socket behind a proxy) are skipped.
     """
+    try:
+        for level, option, value in _bounding_options(timeout):
+            sock.setsockopt(level, option, value)
+    except OSError as exc:  # not TCP: the proxy in front bounds its own clients
+        logger.debug("stream socket options not set: %s", exc)
+
+
+@functools.lru_cache(maxsize=8)
+def _bounding_options(timeout: float) -> tuple[tuple[int, int, int], ...]:
+    """The socket options of :func:`bound_dead_client`, worked out once per value."""
     seconds = max(1, round(timeout))
     options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     if hasattr(socket, "TCP_USER_TIMEOUT"):
@@ -92,11 +103,7 @@ def bound_dead_client(sock: socket.socket, timeout: float) -> None:
             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
             (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES),
         ]
-    try:
-        for level, option, value in options:
-            sock.setsockopt(level, option, value)
-    except OSError as exc:  # not TCP: the proxy in front bounds its own clients
-        logger.debug("stream socket options not set: %s", exc)
+    return tuple(options)
 
 
 def abort(sock: socket.socket) -> None:

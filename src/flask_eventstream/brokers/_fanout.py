@@ -354,7 +354,13 @@ class Fanout:
 
     def need_ticks(self, heartbeat: float) -> None:
         """Have the ticker wake readers at most *heartbeat* seconds after their
-        last write. Takes the lock."""
+        last write. Call as a subscriber. Takes the lock, unless nothing changes.
+        """
+        # Read without the lock: ``_shortest`` only ever shrinks, and the ticker
+        # ends (under the lock) only once no subscriber is left, so it cannot
+        # end while the caller is subscribed.
+        if heartbeat >= self._shortest and self._ticker is not None:
+            return
         with self.lock:
             if heartbeat < self._shortest:
                 self._shortest = heartbeat
