@@ -145,3 +145,24 @@ def test_a_publish_queues_an_event_once_for_every_tail_reader() -> None:
     for sub in subs:
         sub.close()
     assert not fanout._tails
+
+
+def test_a_tail_keeps_little_that_every_reader_has_read() -> None:
+    fanout = Fanout()
+    with fanout.lock:
+        one = fanout.subscribe(["solo"])
+        pair = [fanout.subscribe(["a"]) for _ in range(2)]
+    longest = 0
+    for n in range(1000):
+        with fanout.lock:
+            fanout.deliver("solo", b"data: %d\n\n" % n)
+            fanout.deliver("a", b"data: %d\n\n" % n)
+        assert one.next_chunk(0) == b"data: %d\n\n" % n
+        for sub in pair:
+            assert sub.next_chunk(0) == b"data: %d\n\n" % n
+        with fanout.lock:
+            assert not fanout._tails["solo"].chunks  # a channel of one: nothing
+            longest = max(longest, len(fanout._tails["a"].chunks))
+    assert longest <= 65  # trimmed at each check, every 64 events or so
+    for sub in (one, *pair):
+        sub.close()

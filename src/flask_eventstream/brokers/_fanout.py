@@ -31,8 +31,9 @@ BUFFER_BYTES = 8 * 1024 * 1024
 
 #: A channel's tail is checked (its readers' lag) and trimmed (what all of them
 #: read) once its oldest event is this many events, or bytes, behind (or half the
-#: buffer, if less); then at twice what was left after the last check, so that a
-#: burst no reader had CPU for yet is checked a few times, not at every event.
+#: buffer, if less) and a reader moved since the last check; then at twice what
+#: was left after it. Half a buffer behind, it is checked at every event (a reader
+#: may be cut off, or its publisher must yield), whether a reader moved or not.
 _TRIM_EVENTS = 64
 _TRIM_BYTES = 256 * 1024
 
@@ -230,7 +231,9 @@ class Fanout:
                     sub.wake(now)
                 tail.sleepers.clear()
             count, size = tail.behind()
-            if count > tail.check_events or size > tail.check_bytes:
+            if (count > tail.check_events or size > tail.check_bytes) and (
+                tail.moved or count > buffer // 2 or size > buffer_bytes // 2
+            ):
                 crowded = self._check(tail, now, dropped)
         if subs:
             if self._floors and order is not None:
@@ -263,6 +266,7 @@ class Fanout:
             elif sub.greenlet and sub.queued() > half:
                 crowded = True
         tail.trim()
+        tail.moved = False
         self._next_check(tail)
         return crowded
 

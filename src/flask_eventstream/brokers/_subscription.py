@@ -53,8 +53,9 @@ class Tail:
     Each of them reads it at its own cursor, an absolute index (``base`` is the
     index of ``chunks[0]``). The fan-out appends each event once, wakes the
     readers that sleep and, when the oldest event kept is ``check_events`` or
-    ``check_bytes`` behind, checks each reader's lag and forgets what all of them
-    have read (:meth:`trim`).
+    ``check_bytes`` behind and a reader ``moved`` since, or half a buffer behind,
+    checks each reader's lag and forgets what all of them have read
+    (:meth:`trim`).
     """
 
     __slots__ = (
@@ -67,6 +68,7 @@ class Tail:
         "sleepers",
         "check_events",
         "check_bytes",
+        "moved",
     )
 
     def __init__(self) -> None:
@@ -83,6 +85,9 @@ class Tail:
         #: kept at which it checks the readers' lag and trims.
         self.check_events = 0
         self.check_bytes = 0
+        #: Whether a reader advanced since the last check: else there is nothing
+        #: to trim.
+        self.moved = False
 
     def append(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -234,6 +239,7 @@ class Subscription:
                 if self.cursor < tail.end:
                     pending = tail.read(self.cursor, WRITE_SIZE)
                     self.cursor += len(pending)
+                    tail.moved = True
                     self.delivered = True
                     self._took_at = time.monotonic()
                     if len(tail.subs) == 1:  # a channel of one: keep nothing read
