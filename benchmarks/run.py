@@ -12,10 +12,15 @@ Servers (each started fresh, one worker process):
 - ``ours-redis``: the same with the Redis broker;
 - ``flask-sse``: Flask-SSE 1.0.0 + Redis, gunicorn ``-k gevent``;
 - ``sse-starlette``: sse-starlette on uvicorn, an in-process broadcast;
-- ``wsgi-floor`` and ``flask-floor``: not peers but references, ``idle`` and
-  ``churn`` only: a bare WSGI app on gunicorn ``-k gevent`` whose streams park on
-  one shared event (``apps/floor.py``), the least any WSGI library can cost on
-  this server; and the same stream as a Flask view, the least for a Flask one.
+- ``wsgi-floor`` and ``flask-floor``: not peers but references, ``idle``,
+  ``churn`` and ``fanout-burst`` only: a bare WSGI app on gunicorn ``-k gevent``
+  whose streams park on one shared event and write every event after their own
+  cursor in one shared list (``apps/floor.py``), the least any WSGI library can
+  cost on this server; and the same stream as a Flask view, the least for a
+  Flask one;
+- ``flask-floor-redis``: the Flask-view floor with every event going through
+  Redis (one ``PUBLISH`` each, one subscribed connection per process), the
+  reference for our Redis broker (``churn`` and ``fanout-burst``).
 
 Scenarios (what each measures):
 
