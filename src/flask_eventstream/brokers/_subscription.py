@@ -118,7 +118,7 @@ class Tail:
 
     def trim(self) -> None:
         """Forget the events every subscription has read."""
-        oldest = min((sub.cursor for sub in self.subs), default=self.end)
+        oldest = min((sub._cursor for sub in self.subs), default=self.end)
         if oldest > self.base:
             del self.chunks[: oldest - self.base]
             del self.offsets[: oldest - self.base]
@@ -164,7 +164,7 @@ class Subscription:
         "_took_at",
         "_heartbeat",
         "_tail",
-        "cursor",
+        "_cursor",
         "_shares",
     )
 
@@ -176,8 +176,8 @@ class Subscription:
         missed: bool = False,
         shares: bool = False,
     ) -> None:
-        """:param shares: whether it may read its channel's :class:`Tail` (it has
-        one channel, and the fan-out queues every event of it for it)."""
+        """:param shares: whether it may read its channel's :class:`Tail`: it has
+        one channel and skips none of its events."""
         self.channels = tuple(channels)
         self.missed = missed
         #: Called (with no argument) when this subscription is cut off while its
@@ -211,7 +211,7 @@ class Subscription:
         # The tail it reads (with its own queue empty), and the index in it of
         # the next event to read.
         self._tail: Tail | None = None
-        self.cursor = 0
+        self._cursor = 0
         self._shares = shares
 
     def next_chunk(self, timeout: float) -> bytes | None:
@@ -236,9 +236,9 @@ class Subscription:
             self._deadline = NEVER
             tail = self._tail
             if tail is not None:  # its own queue is empty: only the tail's
-                if self.cursor < tail.end:
-                    pending = tail.read(self.cursor, WRITE_SIZE)
-                    self.cursor += len(pending)
+                if self._cursor < tail.end:
+                    pending = tail.read(self._cursor, WRITE_SIZE)
+                    self._cursor += len(pending)
                     tail.moved = True
                     self.delivered = True
                     self._took_at = time.monotonic()
@@ -246,7 +246,7 @@ class Subscription:
                         tail.trim()
                 else:
                     pending = []
-                woken = self._woken = self.cursor < tail.end
+                woken = self._woken = self._cursor < tail.end
                 if not woken:
                     tail.sleepers.add(self)
                 self._park.settle(woken)
@@ -319,7 +319,7 @@ class Subscription:
     def attach(self, tail: Tail) -> None:
         """Read *tail* from its end on; only with nothing queued (:attr:`shares`)."""
         self._tail = tail
-        self.cursor = tail.end
+        self._cursor = tail.end
         tail.subs.add(self)
         if not self._woken:
             tail.sleepers.add(self)
@@ -328,10 +328,10 @@ class Subscription:
         """Stop reading the tail; what it held past the cursor is queued."""
         tail = self._tail
         if tail is not None:
-            if self.cursor < tail.end:
-                self._size += tail.since(self.cursor)[1]
-                self._pending += tail.read(self.cursor)
-                self.cursor = tail.end
+            if self._cursor < tail.end:
+                self._size += tail.since(self._cursor)[1]
+                self._pending += tail.read(self._cursor)
+                self._cursor = tail.end
             tail.subs.discard(self)
             tail.sleepers.discard(self)
             self._tail = None
@@ -341,7 +341,7 @@ class Subscription:
         :meth:`put`, counted once the event is queued."""
         count, size = len(self._pending), self._size
         if self._tail is not None:
-            more, more_bytes = self._tail.since(self.cursor)
+            more, more_bytes = self._tail.since(self._cursor)
             count, size = count + more, size + more_bytes
         return count > 1 and (
             size > limit_bytes or (count > limit and self.stalled(now))
@@ -365,7 +365,7 @@ class Subscription:
     def queued(self) -> int:
         """How many chunks wait for the reader."""
         if self._tail is not None:
-            return len(self._pending) + self._tail.since(self.cursor)[0]
+            return len(self._pending) + self._tail.since(self._cursor)[0]
         return len(self._pending)
 
     def wake(self, now: float) -> None:
@@ -424,7 +424,7 @@ class Subscription:
         """End it after what is queued (or, with *replace*, instead of it), with
         *last* written last."""
         if replace and self._tail is not None:
-            self.cursor = self._tail.end
+            self._cursor = self._tail.end
         self.detach()
         if replace:
             self._pending = []
