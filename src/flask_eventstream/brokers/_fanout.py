@@ -200,12 +200,15 @@ class Fanout:
         sub.attach(tail)
 
     def _detach(self, sub: Subscription) -> None:
-        """Have *sub* stop reading its tail (if it does); forget a tail nobody reads."""
+        """Have *sub* stop reading its tail (if it does); forget its channel's tail
+        if nobody reads it now (*sub* may have left it as it ended)."""
         sub.detach()
-        for channel in sub.channels[:1]:
-            tail = self._tails.get(channel)
-            if tail is not None and not tail.subs:
-                del self._tails[channel]
+        if not sub.channels:  # subscribed to nothing: it never read a tail
+            return
+        channel = sub.channels[0]
+        tail = self._tails.get(channel)
+        if tail is not None and not tail.subs:
+            del self._tails[channel]
 
     def deliver(self, channel: str, chunk: bytes, order: Any = None) -> None:
         """Queue *chunk* for every subscriber of *channel*. Call under the lock.

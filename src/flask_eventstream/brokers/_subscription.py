@@ -337,8 +337,9 @@ class Subscription:
             self._tail = None
 
     def over_limits(self, limit: int, limit_bytes: int, now: float) -> bool:
-        """Whether it fell too far behind with what it holds: the rule of
-        :meth:`put`, counted once the event is queued."""
+        """Whether it fell too far behind with what it holds (its queue and the
+        tail past its cursor): more than one event and more than *limit_bytes*,
+        or more than *limit* events with a stalled reader (see the class)."""
         count, size = len(self._pending), self._size
         if self._tail is not None:
             more, more_bytes = self._tail.since(self._cursor)
@@ -387,20 +388,16 @@ class Subscription:
         """Queue *chunk*, unless the subscription ended or falls too far behind
         with it (then it is cut off). How many chunks are queued now: 0 if it
         was not queued."""
-        pending = self._pending
         if self._ended:
             return 0
-        if pending and (
-            self._size + len(chunk) > limit_bytes
-            or (len(pending) >= limit and self.stalled(now))
-        ):
-            self.drop()
-            return 0
-        pending.append(chunk)
+        self._pending.append(chunk)
         self._size += len(chunk)
+        if self.over_limits(limit, limit_bytes, now):
+            self.drop()  # its queue, this chunk with it, is dropped
+            return 0
         if not self._woken:
             self.wake(now)
-        return len(pending)
+        return len(self._pending)
 
     def wake_if_due(self, due: float, now: float) -> bool:
         """Wake the reader if its heartbeat falls due by *due*. Whether it was."""
