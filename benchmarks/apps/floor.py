@@ -134,6 +134,8 @@ _redis_lock = threading.Lock()
 
 def _redis_client() -> Redis:
     """The process's Redis client; the first call subscribes and starts reading."""
+    if _redis:  # no lock once made: this runs on every request and publish
+        return _redis[0]
     with _redis_lock:
         if not _redis:
             client = Redis.from_url(os.environ["REDIS_URL"])
