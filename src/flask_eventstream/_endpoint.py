@@ -45,21 +45,23 @@ def subscribe_response(
     settings = state.settings
     # Looked up once: every ``request.`` is a context-variable lookup.
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    # Read once: each ``req.args`` goes through Werkzeug's cached_property.
+    args = req.args
     try:
         channels = requested_channels(
-            req,
+            args,
             channel,
             default=settings.default_channel,
             max_channels=settings.max_channels,
         )
-        last_event_id = requested_last_event_id(req, settings.max_last_event_id)
+        last_event_id = requested_last_event_id(req, args, settings.max_last_event_id)
     except ValueError as exc:
         return plain_response(str(exc), 400)
     # Replay reads the same channels, so this one check covers it too.
     refusal = check_access(
         app,
         channels,
-        token=_token(req, bearer_allowed=settings.jwt is not None),
+        token=_token(req, args, bearer_allowed=settings.jwt is not None),
         require_token=settings.require_token,
         authorizers=authorizers,
         jwt=settings.jwt,
@@ -107,9 +109,12 @@ def subscribe_response(
     return event_stream_response(app, CountedBody(body, state.streams, on_close=closed))
 
 
-def _token(req: Request, *, bearer_allowed: bool) -> str | None:
-    """``?token=``; with JWTs also ``Authorization: Bearer`` (non-browser clients)."""
-    token = _first(req.args, TOKEN_PARAM)
+def _token(
+    req: Request, args: MultiDict[str, str], *, bearer_allowed: bool
+) -> str | None:
+    """``?token=`` (from *args*, *req*'s query); with JWTs also
+    ``Authorization: Bearer`` (non-browser clients)."""
+    token = _first(args, TOKEN_PARAM)
     if token is None and bearer_allowed:
         scheme, _, value = req.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value.strip():
@@ -120,24 +125,38 @@ def _token(req: Request, *, bearer_allowed: bool) -> str | None:
 def _first(args: MultiDict[str, str], name: str) -> str | None:
     """The first value of *name* in *args*, or ``None``.
 
-    Not ``args.get()``: for a missing name it raises and catches a
-    ``BadRequestKeyError`` (an HTTP exception, with its message) every time.
+    Looked for first: for a missing name, ``args.get()`` and ``args.getlist()``
+    raise and catch an exception (``get()`` an HTTP one, with its message), and
+    most names asked for (the token, ``lastEventId``) are missing.
     """
+    if name not in args:
+        return None
     values = args.getlist(name)
     return values[0] if values else None
 
 
 def requested_channels(
-    req: Request, channel: str | None, *, default: str, max_channels: int
+    args: MultiDict[str, str],
+    channel: str | None,
+    *,
+    default: str,
+    max_channels: int,
 ) -> list[str]:
-    """The channels of *req*: the path's, else ``?channel=``, else *default*.
+    """The channels asked for: the path's, else ``?channel=`` in the query's
+    *args*, else *default*.
 
     Duplicates are dropped; order is kept.
 
     :raises InvalidChannel: for more than *max_channels* or an invalid name.
     """
-    names = [channel] if channel is not None else req.args.getlist("channel")
-    names = list(dict.fromkeys(names)) or [default]
+    if channel is not None:
+        names = [channel]
+    elif "channel" in args:  # see _first
+        names = args.getlist("channel")
+        if len(names) > 1:
+            names = list(dict.fromkeys(names))
+    else:
+        names = [default]
     if len(names) > max_channels:
         raise InvalidChannel(
             f"{len(names)} channels asked for; at most {max_channels} allowed"
@@ -145,7 +164,9 @@ def requested_channels(
     return [validate_channel(name) for name in names]
 
 
-def requested_last_event_id(req: Request, max_length: int) -> str | None:
+def requested_last_event_id(
+    req: Request, args: MultiDict[str, str], max_length: int
+) -> str | None:
     """*req*'s ``Last-Event-ID`` (or ``?lastEventId=`` from polyfills, S12), validated.
 
     A header that is not UTF-8 (some clients send ids as Latin-1) is kept as the
@@ -166,7 +187,7 @@ def requested_last_event_id(req: Request, max_length: int) -> str | None:
         except UnicodeError:
             pass  # not UTF-8: an id we never gave out (see above)
     else:
-        raw = _first(req.args, "lastEventId")
+        raw = _first(args, "lastEventId")
     if not raw:
         return None
     try:

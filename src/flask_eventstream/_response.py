@@ -4,11 +4,12 @@ the ``text/event-stream`` response, the count of open streams, short refusals.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from flask import current_app
+
+from .brokers._wakeup import short_lock
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -39,7 +40,7 @@ class StreamLimiter:
     """Counts the open streams of one app in this process, up to *limit*.
 
     Any request thread or greenlet may call :meth:`acquire` and :meth:`release`; the
-    count is guarded by one lock, so a burst of connections cannot overshoot.
+    count is guarded by one (short) lock, so a burst of connections cannot overshoot.
 
     :param limit: most open streams; ``None`` for no limit.
     """
@@ -49,7 +50,7 @@ class StreamLimiter:
             raise ValueError(f"EVENTSTREAM_MAX_STREAMS must be at least 1, got {limit}")
         self.limit = limit
         self._open = 0
-        self._lock = threading.Lock()
+        self._lock = short_lock()
 
     @property
     def open(self) -> int:

@@ -180,5 +180,35 @@ def burst() -> dict[str, Any]:
     return {"cut_off": sum(sub.cut_off for sub in subs), "sequences": _sequences(got)}
 
 
+def lock_held_across_a_yield() -> dict[str, Any]:
+    """A greenlet that yields while it holds the fan-out's lock (as a subscriber
+    catching up with Redis does) keeps the others waiting, not the thread: they
+    take it, in turn, once it gives it back."""
+    fanout = Fanout()
+    order: list[str] = []
+
+    def holder() -> None:
+        with fanout.lock:
+            order.append("holder in")
+            gevent.sleep(0.05)  # I/O under the lock: the hub runs the others
+            order.append("holder out")
+
+    def other(name: str) -> None:
+        with fanout.lock:
+            order.append(name)
+
+    first = gevent.spawn(holder)
+    gevent.sleep(0)  # the holder has the lock
+    others = [gevent.spawn(other, f"other {i}") for i in range(3)]
+    ticks = gevent.spawn(lambda: [gevent.sleep(0.005) for _ in range(5)])
+    gevent.joinall([first, *others, ticks], timeout=10)
+    return {
+        "order": order,
+        "loop_ran_meanwhile": ticks.dead,
+        "timed_out": not all(g.dead for g in [first, *others]),
+        "acquired_without_waiting": fanout.lock.acquire(blocking=False),
+    }
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))

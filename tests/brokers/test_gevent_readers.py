@@ -83,3 +83,14 @@ def test_gevents_loop_runs_timers_while_many_readers_are_woken() -> None:
     result = run("timers_run_between_wakeups")
     assert result["readers"] == 1000
     assert result["timer_at"] < 1000
+
+
+def test_a_greenlet_yielding_under_the_fanout_lock_blocks_no_other() -> None:
+    # The lock is the OS's (cheaper than gevent's): a greenlet finding it taken
+    # must sleep and retry, never block the thread (which would hang the holder).
+    result = run("lock_held_across_a_yield")
+    assert result["timed_out"] is False
+    assert result["loop_ran_meanwhile"] is True
+    assert result["order"][:2] == ["holder in", "holder out"]
+    assert sorted(result["order"][2:]) == ["other 0", "other 1", "other 2"]
+    assert result["acquired_without_waiting"] is True

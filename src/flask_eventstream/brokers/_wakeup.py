@@ -4,7 +4,7 @@ or with greenlets when gevent has patched ``threading``.
 The only module of the package that names gevent. The rest sees one small
 interface: a :class:`Park` per subscription (``wait``, ``poll``, ``wake``,
 ``settle``), the fan-out's :class:`FanoutLock`, which resumes the greenlets woken
-under it once it is released, and :func:`let_readers_run`.
+under it once it is released, :func:`short_lock` and :func:`let_readers_run`.
 
 - Threads: a reader waits on a lock of its own, held while it has nothing to do;
   a wake releases it.
@@ -15,10 +15,12 @@ under it once it is released, and :func:`let_readers_run`.
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -109,29 +111,65 @@ class _GreenletPark(Park):
             self._waiter = _waiter_type()(self._hub)
 
 
+def short_lock() -> _thread.LockType:
+    """A lock for sections that never block or yield: the operating system's, even
+    when gevent has patched ``threading``.
+
+    gevent's lock is made for waiting (its ``acquire`` is Python code around a
+    semaphore); taking and giving back the OS lock costs a third of it. Safe
+    under gevent only because nothing holding it can switch greenlets: no other
+    greenlet of the thread can run while it is held, so none waits on it.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("_thread"):
+        return monkey.get_original("_thread", "allocate_lock")()  # type: ignore[no-any-return]
+    return _thread.allocate_lock()
+
+
+#: How long a greenlet sleeps between two tries of a taken :class:`FanoutLock`
+#: (at most; it starts with ``sleep(0)``), in seconds.
+_RETRY_AT_MOST = 0.001
+
+
 class FanoutLock:
     """The fan-out's lock; callbacks queued under it run once it is released.
 
     So a callback (a ``subscriber_dropped`` receiver) may itself publish: it runs
     after the lock is given back, in the thread that released it. Greenlet readers
     woken under the lock are resumed by hub callbacks scheduled on release.
+
+    It is a :func:`short_lock`, although a rare section under it waits for Redis
+    (a subscriber catching up with a busy channel): under gevent, a greenlet that
+    finds it taken never blocks its thread on it, but sleeps and tries again, so
+    that the holder's greenlet can run and give it back.
     """
 
     __slots__ = ("_lock", "_after", "_switches")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = short_lock()
         self._after: list[Callable[[], None]] = []
         self._switches: list[Waiter[None]] = []
 
     def __enter__(self) -> bool:
-        return self._lock.acquire()
+        return self._lock.acquire(False) or self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
+        lock = self._lock
+        if not blocking or _gevent_hub() is None:
+            return lock.acquire(blocking, timeout)
+        sleep = _gevent_sleep()
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        pause = 0.0
+        while not lock.acquire(False):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            sleep(pause)
+            pause = min(max(pause * 2, 0.0001), _RETRY_AT_MOST)
+        return True
 
     def release(self) -> None:
         if self._switches:
