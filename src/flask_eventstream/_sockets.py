@@ -89,14 +89,17 @@ def bound_dead_client(sock: socket.socket, timeout: float) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _bounding_options(timeout: float) -> tuple[tuple[int, int, int], ...]:
-    """The socket options of :func:`bound_dead_client`, worked out once per value."""
-    seconds = max(1, round(timeout))
-    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    """The socket options of :func:`bound_dead_client`, worked out once per value.
+
+    With ``TCP_USER_TIMEOUT``, that one alone: a stream writes at least a
+    heartbeat per interval, so its connection always has bytes in flight to
+    time out, and keep-alive probes would find nothing more.
+    """
     if hasattr(socket, "TCP_USER_TIMEOUT"):
-        options.append(
-            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(timeout * 1000))
-        )
+        return ((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(timeout * 1000)),)
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     if hasattr(socket, "TCP_KEEPIDLE"):
+        seconds = max(1, round(timeout))
         interval = max(1, seconds // _KEEPALIVE_PROBES)
         options += [
             (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds),

@@ -232,10 +232,16 @@ def _schedule_switches(waiters: list[Waiter[None]]) -> None:
 
 def _gevent_hub() -> Hub | None:
     """This thread's gevent hub when gevent has patched ``threading``, else ``None``."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return None
+    if not _patched:
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        _patched.append(True)  # for good: gevent never unpatches
     return _get_hub()()
+
+
+#: Not empty once gevent has patched ``threading`` (seen by :func:`_gevent_hub`).
+_patched: list[bool] = []
 
 
 # gevent's functions, imported once (not on every wait or wake-up), and only when
