@@ -148,7 +148,7 @@ class Fanout:
     def subscribe(
         self,
         channels: Sequence[str],
-        backlog: Iterable[bytes] = (),
+        backlog: Sequence[bytes] = (),
         *,
         missed: bool = False,
         after: Any = None,
@@ -161,14 +161,19 @@ class Fanout:
         """
         shares = len(channels) == 1 and after is None
         sub = Subscription(self, channels, missed=missed, shares=shares)
-        now = time.monotonic()
-        for chunk in backlog:
-            sub.push(chunk, now)
+        if backlog:
+            now = time.monotonic()
+            for chunk in backlog:
+                sub.push(chunk, now)
         if self._closed:  # shutting down: replay the backlog, then end
             sub.end(SHUTTING_DOWN)
             return sub
+        by_channel = self._by_channel
         for channel in sub.channels:
-            self._by_channel.setdefault(channel, set()).add(sub)
+            group = by_channel.get(channel)
+            if group is None:
+                group = by_channel[channel] = set()
+            group.add(sub)
         if after is not None:
             self._floors[sub] = after
         if sub.shares:
@@ -349,15 +354,13 @@ class Fanout:
             return len({sub for group in self._by_channel.values() for sub in group})
 
     def _discard(self, sub: Subscription) -> None:
-        self._floors.pop(sub, None)
+        if self._floors:
+            self._floors.pop(sub, None)
         self._detach(sub)
         for channel in sub.channels:
-            for groups in (self._by_channel, self._queued):
-                group = groups.get(channel)
-                if group is not None:
-                    group.discard(sub)
-                    if not group:
-                        del groups[channel]
+            _forget(self._by_channel, channel, sub)
+            if self._queued:
+                _forget(self._queued, channel, sub)
 
     def need_ticks(self, heartbeat: float) -> None:
         """Have the ticker wake readers at most *heartbeat* seconds after their
@@ -409,3 +412,14 @@ class Fanout:
                 sub.drop()
                 self._dropped(sub)
             return True
+
+
+def _forget(
+    groups: dict[str, set[Subscription]], channel: str, sub: Subscription
+) -> None:
+    """Take *sub* out of *channel*'s group, and an emptied group out of *groups*."""
+    group = groups.get(channel)
+    if group is not None:
+        group.discard(sub)
+        if not group:
+            del groups[channel]

@@ -148,7 +148,7 @@ class MemoryBroker(Broker):
                         backlog.extend(e for e in stored.history if e.seq > start)
                 backlog.sort(key=lambda e: e.seq)
             return self._fanout.subscribe(
-                channels, (e.event.encode() for e in backlog), missed=missed
+                channels, [e.event.encode() for e in backlog], missed=missed
             )
 
     def _forget_oldest_channel(self) -> None:

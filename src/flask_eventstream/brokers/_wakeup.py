@@ -154,9 +154,6 @@ class FanoutLock:
     def __enter__(self) -> bool:
         return self._lock.acquire(False) or self.acquire()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
         if not blocking or _gevent_hub() is None:
@@ -171,7 +168,9 @@ class FanoutLock:
             pause = min(max(pause * 2, 0.0001), _RETRY_AT_MOST)
         return True
 
-    def release(self) -> None:
+    def release(self, *exc_info: object) -> None:
+        """Give the lock back; then resume the greenlets woken and run the
+        callbacks queued under it. (Also ``__exit__``: one call less per use.)"""
         if self._switches:
             switches = self._switches[:]
             self._switches.clear()  # the parks hold this very list
@@ -189,6 +188,8 @@ class FanoutLock:
 
     def locked(self) -> bool:
         return self._lock.locked()
+
+    __exit__ = release
 
     def call_after(self, callback: Callable[[], None]) -> None:
         """Run *callback* once the lock is released. Call under the lock."""

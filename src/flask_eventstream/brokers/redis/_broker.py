@@ -521,7 +521,7 @@ class RedisBroker(Broker):
         backlog.sort()
         self._positions.seen(max((upto for upto, _ in replay.values()), default=ORIGIN))
         sub = self._fanout.subscribe(
-            names, (entry.wire for entry in backlog), missed=missed
+            names, [entry.wire for entry in backlog], missed=missed
         )
         return sub, added
 
