@@ -233,16 +233,17 @@ def _schedule_switches(waiters: list[Waiter[None]]) -> None:
 
 def _gevent_hub() -> Hub | None:
     """This thread's gevent hub when gevent has patched ``threading``, else ``None``."""
+    global _patched
     if not _patched:
         monkey = sys.modules.get("gevent.monkey")
         if monkey is None or not monkey.is_module_patched("threading"):
             return None
-        _patched.append(True)  # for good: gevent never unpatches
+        _patched = True  # for good: gevent never unpatches
     return _get_hub()()
 
 
-#: Not empty once gevent has patched ``threading`` (seen by :func:`_gevent_hub`).
-_patched: list[bool] = []
+#: Whether gevent has patched ``threading`` (as seen by :func:`_gevent_hub`).
+_patched = False
 
 
 # gevent's functions, imported once (not on every wait or wake-up), and only when
