@@ -140,6 +140,41 @@ def ended_while_parked() -> dict[str, Any]:
     return {"result": repr(result)}
 
 
+def ended_while_writing() -> dict[str, Any]:
+    """Subscriptions ended while their readers write (not parked), from a greenlet
+    of their hub, are read to their end; a reader that closes its own subscription
+    finds it ended at once."""
+    fanout = Fanout()
+    with fanout.lock:
+        subs = [fanout.subscribe(["c"]) for _ in range(READERS)]
+    got: list[list[bytes]] = [[] for _ in subs]
+
+    def read(sub: Subscription, into: list[bytes]) -> None:
+        into.append(sub.next_chunk(5) or b"")
+        gevent.sleep(0.05)  # writing it
+        _read_all(sub, into)
+
+    readers = [gevent.spawn(read, s, g) for s, g in zip(subs, got, strict=True)]
+    gevent.sleep(0.05)  # every reader parked
+    with fanout.lock:
+        fanout.deliver("c", b"0;")
+    gevent.sleep(0.01)  # every reader took it and is writing
+    writing = sum(not sub.reading for sub in subs)
+    fanout.end_all(b"bye;")
+    gevent.joinall(readers, timeout=10)
+    with fanout.lock:
+        own = fanout.subscribe(["c"])
+    own.close()  # as a response body does: by its reader, which is not waiting
+    started = time.monotonic()
+    last = own.next_chunk(5)
+    return {
+        "writing_when_ended": writing,
+        "got": sorted({b"".join(chunks).decode() for chunks in got}),
+        "own_close": repr(last),
+        "own_close_waited": time.monotonic() - started >= 1,
+    }
+
+
 def timers_run_between_wakeups() -> dict[str, Any]:
     """Waking many readers leaves gevent's loop time for timers and I/O between
     them: a greenlet whose 2 ms sleep ends while 1,000 readers are being woken

@@ -77,6 +77,17 @@ def test_closing_a_parked_subscription_ends_its_stream() -> None:
     assert run("ended_while_parked") == {"result": "[None]"}
 
 
+def test_a_subscription_ended_while_its_reader_writes_is_read_to_its_end() -> None:
+    # Ended from the reader's own hub while it is not waiting: the reader is not
+    # woken (nothing waits), and still finds the end when it reads again.
+    assert run("ended_while_writing") == {
+        "writing_when_ended": READERS,
+        "got": ["0;bye;"],
+        "own_close": "None",
+        "own_close_waited": False,
+    }
+
+
 def test_gevents_loop_runs_timers_while_many_readers_are_woken() -> None:
     # One callback resuming every reader kept the loop from polling for ~50 ms
     # here; a publisher waiting on Redis' reply waited that long each time.

@@ -430,4 +430,10 @@ class Subscription:
             self._pending.append(last)
             self._size += len(last)
         self._ended = True
-        self.wake(time.monotonic())
+        if self._reading or not self._park.runs_here():
+            self.wake(time.monotonic())
+        else:
+            # Its reader is not waiting, and runs in this thread (it is usually
+            # the caller, closing its stream): it sees the flag before it could
+            # wait again, so a wake-up would only cost a hub callback nobody needs.
+            self._woken = True

@@ -59,6 +59,12 @@ class Park:
         """After the reader took its queue: stay woken, or arm for the next wake."""
         raise NotImplementedError
 
+    def runs_here(self) -> bool:
+        """Whether the reader is a greenlet of the calling thread: one that is not
+        waiting then cannot start to before the caller yields, so it sees a
+        ``woken`` set now without being woken."""
+        return False
+
 
 class _ThreadPark(Park):
     """A lock held while the reader has nothing to do; free while it is woken."""
@@ -109,6 +115,9 @@ class _GreenletPark(Park):
     def settle(self, woken: bool) -> None:
         if not woken:
             self._waiter = _waiter_type()(self._hub)
+
+    def runs_here(self) -> bool:
+        return self._hub is _hub_if_exists()()
 
 
 def short_lock() -> _thread.LockType:
