@@ -363,6 +363,11 @@ class Server:
     def fds(self) -> int:
         return int(self.worker.num_fds())
 
+    def cpu(self) -> float:
+        """Seconds of CPU the worker used so far (user and system)."""
+        times = self.worker.cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -518,9 +523,11 @@ def fanout(
     clients.ready(60)
     _wait(lambda: server.count(channel) >= subscribers, 60, 0.2)
     start = time.time_ns()
+    cpu = server.cpu()
     server.post(f"/publish?channel={channel}&count={events}&rate={rate}&size={size}")
     expected_span = events / rate if rate else 0
     summaries = clients.results(expected_span + 60)
+    cpu = server.cpu() - cpu
     latencies = _latencies(summaries)
     deliveries = sum(s.deliveries for s in summaries)
     last = max(s.last_receive for s in summaries)
@@ -535,6 +542,7 @@ def fanout(
         "complete": sum(s.complete for s in summaries),
         "disordered": sum(s.disordered for s in summaries),
         "subscribers": subscribers,
+        "cpu_us": cpu / max(1, deliveries) * 1e6,
     }
 
 
@@ -548,6 +556,7 @@ def churn(server: Server, total: int, concurrency: int = 50) -> dict[str, Any]:
     redis_before = server.redis.clients() if server.redis else 0
     context = multiprocessing.get_context("spawn")
     pipes, processes = [], []
+    cpu = server.cpu()
     for part in _split(total, CHURN_PROCS):
         plan = ChurnPlan(
             HOST,
@@ -565,6 +574,7 @@ def churn(server: Server, total: int, concurrency: int = 50) -> dict[str, Any]:
     for pipe in pipes:
         if pipe.poll(600):
             summaries.append(pipe.recv()[1])
+    cpu = server.cpu() - cpu
     for process in processes:
         process.join(timeout=30)
     # The ticks go on a while, so servers that only notice a gone client when a
@@ -581,6 +591,7 @@ def churn(server: Server, total: int, concurrency: int = 50) -> dict[str, Any]:
         "ok": ok,
         "failed": sum(s.failed for s in summaries),
         "per_second": ok / max(1e-9, finished - started),
+        "cpu_us": cpu / max(1, ok) * 1e6,
         "subscribers_left": server.count(channel),
         "fds_leaked": server.fds() - fds_before,
         "redis_clients_leaked": (server.redis.clients() - redis_before)
@@ -734,6 +745,7 @@ ROWS = [
     ("idle", "within_1s", "idle: streams receiving the event within 1 s", "high"),
     ("idle", "within_15s", "idle: ... within 15 s", "high"),
     ("fanout-burst", "per_second", "fan-out burst: deliveries/s", "high"),
+    ("fanout-burst", "cpu_us", "fan-out burst: worker CPU per delivery, µs", "low"),
     ("fanout-burst", "p50_ms", "fan-out burst: p50 latency, ms", "low"),
     ("fanout-burst", "p99_ms", "fan-out burst: p99 latency, ms", "low"),
     (
@@ -752,6 +764,7 @@ ROWS = [
         "",
     ),
     ("churn", "per_second", "churn: connections/s (median round)", "high"),
+    ("churn", "cpu_us", "churn: worker CPU per connection, µs", "low"),
     ("churn", "failed", "churn: failed connections", ""),
     ("churn", "subscribers_left", "churn: subscribers left after", ""),
     ("churn", "fds_leaked", "churn: worker fds leaked", ""),
@@ -813,6 +826,13 @@ def _against_references(
             old = then.get(scenario, {}).get("per_second")
             if isinstance(old, (int, float)) and old:
                 parts.append(f"{rate / old:.2f}x {before}")
+            cpu = data.get("cpu_us")
+            floor_cpu = floors.get(scenario, {}).get("cpu_us")
+            if cpu and floor_cpu:
+                parts.append(
+                    f"worker CPU per unit {cpu:.1f} µs against the floor's "
+                    f"{floor_cpu:.1f} ({floor_cpu / cpu:.2f}x)"
+                )
             if parts:
                 lines.append(f"- ours-{broker} {scenario}: " + "; ".join(parts))
     if lines:
@@ -882,6 +902,20 @@ def report(
             "Every round (the targets took turns), per second:",
             "",
             *repeated,
+        ]
+    cpu_rounds = [
+        f"- {n} {scenario}: " + ", ".join(_fmt(v) for v in data["cpu_rounds"])
+        for n in names
+        for scenario, data in results[n].items()
+        if data.get("cpu_rounds")
+    ]
+    if cpu_rounds:
+        lines += [
+            "",
+            "Every round, the worker's CPU per delivery (fan-out) or connection "
+            "(churn), µs:",
+            "",
+            *cpu_rounds,
         ]
     errors = [
         f"- {n} {scenario}: {data['errors']}"
@@ -1020,6 +1054,14 @@ def _median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(got, key=lambda r: float(r.get("per_second", 0)))
     result = dict(ordered[len(ordered) // 2])
     result["rounds"] = [round(float(r.get("per_second", 0)), 1) for r in got]
+    # The worker's own CPU per unit moves less with the machine's other load than
+    # a rate does (the load generator shares the cores): its own median.
+    cpus = sorted(float(r["cpu_us"]) for r in got if "cpu_us" in r)
+    if cpus:
+        result["cpu_us"] = cpus[len(cpus) // 2]
+        result["cpu_rounds"] = [
+            round(float(r["cpu_us"]), 2) for r in got if "cpu_us" in r
+        ]
     for key in _WORST:
         values = [r[key] for r in got if key in r]
         if values:
