@@ -29,12 +29,14 @@ Scenarios (what each measures):
 - ``fanout-burst`` / ``fanout-50/s``: S subscribers, E events published in the
   server as fast as it can / at 50 per second; deliveries per second (from the
   publish request to the last receive), p50/p99 publish-to-receive latency, and
-  how many streams got every event exactly once, in order;
+  how many streams got every event exactly once, in order; for the burst also
+  the worker's CPU per delivery over that span;
 - ``churn``: C short connections, 50 at a time, each reads one event (the server
   publishes 200 events/s meanwhile) and closes: connections per second; then
-  subscribers, file descriptors and Redis clients left over. Three rounds, the
-  targets taking turns; the median round's rate is reported, the worst round's
-  leaks;
+  subscribers, file descriptors and Redis clients left over, and the worker's
+  CPU per connection while the clients ran. Three rounds (the burst too), the
+  targets taking turns; the median round's rate and the median CPU are
+  reported, the worst round's leaks;
 - ``stalled``: R readers plus one that never reads (4 KiB receive buffer), large
   events: the readers' p99 latency and completeness, the worker's RSS growth, and
   whether the server cut the stalled reader off;
