@@ -1056,8 +1056,9 @@ def _median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(got, key=lambda r: float(r.get("per_second", 0)))
     result = dict(ordered[len(ordered) // 2])
     result["rounds"] = [round(float(r.get("per_second", 0)), 1) for r in got]
-    # The worker's own CPU per unit moves less with the machine's other load than
-    # a rate does (the load generator shares the cores): its own median.
+    # The worker's CPU per unit, its own median: where the worker is saturated
+    # (the churn) the rate is about its inverse; where it is not (a burst, which
+    # the load generator's parsing bounds), it is the server's share.
     cpus = sorted(float(r["cpu_us"]) for r in got if "cpu_us" in r)
     if cpus:
         result["cpu_us"] = cpus[len(cpus) // 2]
