@@ -832,8 +832,8 @@ def _against_references(
             floor_cpu = floors.get(scenario, {}).get("cpu_us")
             if cpu and floor_cpu:
                 parts.append(
-                    f"worker CPU per unit {cpu:.1f} µs against the floor's "
-                    f"{floor_cpu:.1f} ({floor_cpu / cpu:.2f}x)"
+                    f"worker CPU per unit {_fmt(cpu)} µs against the floor's "
+                    f"{_fmt(floor_cpu)} ({floor_cpu / cpu:.2f}x)"
                 )
             if parts:
                 lines.append(f"- ours-{broker} {scenario}: " + "; ".join(parts))
