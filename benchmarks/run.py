@@ -892,33 +892,15 @@ def report(
         for n in ours:
             row.append(_ratio(results[n].get(scenario, {}).get(metric), theirs, better))
         lines.append("| " + " | ".join(row) + " |")
-    repeated = [
-        f"- {n} {scenario}: " + ", ".join(_fmt(v) for v in data["rounds"])
-        for n in names
-        for scenario, data in results[n].items()
-        if data.get("rounds")
-    ]
-    if repeated:
-        lines += [
-            "",
-            "Every round (the targets took turns), per second:",
-            "",
-            *repeated,
-        ]
-    cpu_rounds = [
-        f"- {n} {scenario}: " + ", ".join(_fmt(v) for v in data["cpu_rounds"])
-        for n in names
-        for scenario, data in results[n].items()
-        if data.get("cpu_rounds")
-    ]
-    if cpu_rounds:
-        lines += [
-            "",
-            "Every round, the worker's CPU per delivery (fan-out) or connection "
-            "(churn), µs:",
-            "",
-            *cpu_rounds,
-        ]
+    lines += _every_round(
+        results, "rounds", "Every round (the targets took turns), per second:"
+    )
+    lines += _every_round(
+        results,
+        "cpu_rounds",
+        "Every round, the worker's CPU per delivery (fan-out) or connection "
+        "(churn), µs:",
+    )
     errors = [
         f"- {n} {scenario}: {data['errors']}"
         for n in names
@@ -939,6 +921,19 @@ def report(
     stem.with_suffix(".md").write_text("\n".join(lines))
     _chart(results, stem.with_suffix(".png"), mode)
     return stem.with_suffix(".md")
+
+
+def _every_round(
+    results: dict[str, dict[str, dict[str, Any]]], key: str, title: str
+) -> list[str]:
+    """Lines listing each target's figures *key* of every round, under *title*."""
+    listed = [
+        f"- {n} {scenario}: " + ", ".join(_fmt(v) for v in data[key])
+        for n in results
+        for scenario, data in results[n].items()
+        if data.get(key)
+    ]
+    return ["", title, "", *listed] if listed else []
 
 
 def _chart(
