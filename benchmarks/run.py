@@ -1054,12 +1054,10 @@ def _median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
     # The worker's CPU per unit, its own median: where the worker is saturated
     # (the churn) the rate is about its inverse; where it is not (a burst, which
     # the load generator's parsing bounds), it is the server's share.
-    cpus = sorted(float(r["cpu_us"]) for r in got if "cpu_us" in r)
+    cpus = [round(float(r["cpu_us"]), 2) for r in got if "cpu_us" in r]
     if cpus:
-        result["cpu_us"] = cpus[len(cpus) // 2]
-        result["cpu_rounds"] = [
-            round(float(r["cpu_us"]), 2) for r in got if "cpu_us" in r
-        ]
+        result["cpu_us"] = sorted(cpus)[len(cpus) // 2]
+        result["cpu_rounds"] = cpus
     for key in _WORST:
         values = [r[key] for r in got if key in r]
         if values:

@@ -375,7 +375,11 @@ class Subscription:
         if not self._woken:
             self._woken = True
             self._woken_at = now
-            self._park.wake()
+            # A reader that is not waiting, and runs in this thread (writing, or
+            # the caller itself, closing its stream), sees the flag before it
+            # could wait again: a wake-up would only cost a hub callback.
+            if self._reading or not self._park.runs_here():
+                self._park.wake()
 
     def push(self, chunk: bytes, now: float) -> None:
         """Queue *chunk* whatever the limits (a backlog, a notice), and wake.
@@ -430,10 +434,4 @@ class Subscription:
             self._pending.append(last)
             self._size += len(last)
         self._ended = True
-        if self._reading or not self._park.runs_here():
-            self.wake(time.monotonic())
-        else:
-            # Its reader is not waiting, and runs in this thread (it is usually
-            # the caller, closing its stream): it sees the flag before it could
-            # wait again, so a wake-up would only cost a hub callback nobody needs.
-            self._woken = True
+        self.wake(time.monotonic())
