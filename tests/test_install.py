@@ -134,8 +134,8 @@ def start_block(tmp_path: Path) -> Iterator[Callable[..., ShellServer]]:
     def start(script: str, venv: Path, **env: str) -> ShellServer:
         (tmp_path / "app.py").write_text(APP)
         port = free_port()
-        env = _venv_env(venv, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}", **env)
-        server = ShellServer(script, cwd=tmp_path, env=env, port=port)
+        environ = _venv_env(venv, GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}", **env)
+        server = ShellServer(script, cwd=tmp_path, env=environ, port=port)
         started.append(server)
         server.wait_serving("/nothing", timeout=300)
         return server
@@ -148,13 +148,13 @@ def start_block(tmp_path: Path) -> Iterator[Callable[..., ShellServer]]:
 @pytest.fixture
 def serve_block(
     start_block: Callable[..., ShellServer],
-) -> Iterator[Callable[..., tuple[ShellServer, StreamClient]]]:
+) -> Iterator[Callable[..., ShellServer]]:
     """``serve_block(commands, venv, **env)``: :func:`start_block`, then two
     events published and a stream resuming after the first, which must replay
-    the second; returns the server and that stream."""
+    the second; returns the server."""
     streams: list[StreamClient] = []
 
-    def serve(script: str, venv: Path, **env: str) -> tuple[ShellServer, StreamClient]:
+    def serve(script: str, venv: Path, **env: str) -> ShellServer:
         server = start_block(script, venv, **env)
         url = server.url
         first = _post(f"{url}/send")
@@ -166,7 +166,7 @@ def serve_block(
         assert stream.status == 200
         (event,) = stream.read_events(1, timeout=10)
         assert event.data == "hello from a fresh install"
-        return server, stream
+        return server
 
     yield serve
     for stream in streams:
@@ -174,14 +174,14 @@ def serve_block(
 
 
 def test_readme_production_command_serves_a_stream_after_a_fresh_install(
-    fresh_venv: Path, serve_block: Callable[..., object]
+    fresh_venv: Path, serve_block: Callable[..., ShellServer]
 ) -> None:
     (command,) = commands(code_block("README.md", "sh", "gunicorn -k gevent"))
     serve_block(command, fresh_venv)
 
 
 def test_deploying_gevent_block_installs_and_serves(
-    tmp_path: Path, wheel: Path, serve_block: Callable[..., object]
+    tmp_path: Path, wheel: Path, serve_block: Callable[..., ShellServer]
 ) -> None:
     """All of it: ``pip install`` of the wheel, ``ulimit``, gunicorn."""
     block = code_block("deploying.md", "sh", 'pip install "flask-eventstream[gevent]"')
@@ -191,16 +191,16 @@ def test_deploying_gevent_block_installs_and_serves(
 
 
 def test_deploying_gunicorn_conf_py_serves_with_the_hook(
-    tmp_path: Path, fresh_venv: Path, serve_block: Callable[..., object]
+    tmp_path: Path, fresh_venv: Path, serve_block: Callable[..., ShellServer]
 ) -> None:
     conf = code_block("deploying.md", "python", "# gunicorn.conf.py")
     (tmp_path / "gunicorn.conf.py").write_text(conf)
     serve_block("gunicorn app:app", fresh_venv)
 
 
-def test_deploying_gthread_block_serves_every_worker_on_redis(
+def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(
     fresh_venv: Path,
-    serve_block: Callable[..., tuple[ShellServer, StreamClient]],
+    serve_block: Callable[..., ShellServer],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Two workers, on Redis as the page says: whichever worker takes each of the
@@ -212,7 +212,7 @@ def test_deploying_gthread_block_serves_every_worker_on_redis(
     redis = RedisServer(tmp_path_factory.mktemp("redis"))
     redis.start()
     try:
-        server, _ = serve_block(
+        server = serve_block(
             command, fresh_venv, FLASK_EVENTSTREAM_BROKER_URL=redis.url
         )
         assert "memory broker" not in server.log()
