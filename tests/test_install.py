@@ -198,10 +198,18 @@ def test_deploying_gunicorn_conf_py_serves_with_the_hook(
     serve_block("gunicorn app:app", fresh_venv)
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
 def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(
     fresh_venv: Path,
+    redis_server: RedisServer,  # before serve_block: stopped after its server
     serve_block: Callable[..., ShellServer],
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Two workers, on Redis as the page says: whichever worker takes each of the
     two events and the stream, the stream replays the second. (On the memory
@@ -209,15 +217,9 @@ def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(
     checks delivery across workers with many streams.)"""
     (command,) = commands(code_block("deploying.md", "sh", "--worker-class gthread"))
     assert "--workers 2" in command
-    redis = RedisServer(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    try:
-        server = serve_block(
-            command, fresh_venv, FLASK_EVENTSTREAM_BROKER_URL=redis.url
-        )
-        assert "memory broker" not in server.log()
-    finally:
-        redis.kill()
+    url = redis_server.url
+    server = serve_block(command, fresh_venv, FLASK_EVENTSTREAM_BROKER_URL=url)
+    assert "memory broker" not in server.log()
 
 
 def test_deploying_gthread_block_on_the_memory_broker_warns_at_start_up(
