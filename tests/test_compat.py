@@ -79,12 +79,8 @@ def localhost_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if redis_answers_on_6379():
         yield
         return
-    server = RedisServer(tmp_path_factory.mktemp("redis6379"), port=6379)
-    server.start()
-    try:
+    with RedisServer(tmp_path_factory.mktemp("redis6379"), port=6379):
         yield
-    finally:
-        server.kill()
 
 
 class TestAFlaskSSEApp:

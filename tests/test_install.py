@@ -200,10 +200,8 @@ def test_deploying_gunicorn_conf_py_serves_with_the_hook(
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
+    with RedisServer(tmp_path) as server:
+        yield server
 
 
 def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(

@@ -104,6 +104,13 @@ class RedisServer:
             self.process.wait(timeout=10)
         self.process = None
 
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
     def clients(self, name_prefix: str) -> list[dict[str, str]]:
         """``CLIENT LIST`` entries whose name starts with *name_prefix*."""
         with self.client() as client:

@@ -32,12 +32,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.slow]
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+    with RedisServer(tmp_path) as server:
         yield server
-    finally:
-        server.kill()
 
 
 def test_the_badge_counts_what_was_replayed_after_a_restart(

@@ -208,12 +208,10 @@ def check_resume(
 def property_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis of this module's own (FLUSHALL stands in for restarting it empty),
     with small stream nodes so that ``MAXLEN ~ 3`` trims after a few entries."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    with server.client() as client:
-        client.config_set("stream-node-max-entries", 2)
-    yield server
-    server.kill()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        with server.client() as client:
+            client.config_set("stream-node-max-entries", 2)
+        yield server
 
 
 @pytest.mark.redis
