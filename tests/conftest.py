@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from flask import Flask
@@ -13,6 +15,9 @@ from werkzeug.serving import make_server
 from flask_eventstream import EventStream
 
 from .helpers import StreamClient
+
+if TYPE_CHECKING:
+    from .brokers.redis_server import RedisServer
 
 #: In CI a missing server, browser or tool is a failure, never a skip.
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -84,3 +89,12 @@ def open_stream() -> Iterator[Callable[..., StreamClient]]:
     yield open_
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for one test, which may kill and restart it."""
+    from .brokers.redis_server import RedisServer  # it imports missing() from here
+
+    with RedisServer(tmp_path) as server:
+        yield server

@@ -198,15 +198,9 @@ def test_deploying_gunicorn_conf_py_serves_with_the_hook(
     serve_block("gunicorn app:app", fresh_venv)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
 def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(
     fresh_venv: Path,
-    redis_server: RedisServer,  # before serve_block: stopped after its server
+    own_redis_server: RedisServer,  # before serve_block: stopped after its server
     serve_block: Callable[..., ShellServer],
 ) -> None:
     """Two workers, on Redis as the page says: whichever worker takes each of the
@@ -215,7 +209,7 @@ def test_deploying_gthread_block_serves_on_redis_whichever_worker_answers(
     checks delivery across workers with many streams.)"""
     (command,) = commands(code_block("deploying.md", "sh", "--worker-class gthread"))
     assert "--workers 2" in command
-    url = redis_server.url
+    url = own_redis_server.url
     server = serve_block(command, fresh_venv, FLASK_EVENTSTREAM_BROKER_URL=url)
     assert "memory broker" not in server.log()
 

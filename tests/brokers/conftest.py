@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +27,6 @@ from .redis_server import RedisServer
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real ``redis-server`` on a free port, killed at the end of the session."""
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture
-def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A ``redis-server`` for one test, which may kill and restart it."""
-    with RedisServer(tmp_path) as server:
         yield server
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,9 @@ from .test_failover import START_TIMEOUT, ChatBackend
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.slow]
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
 def test_the_badge_counts_what_was_replayed_after_a_restart(
     tmp_path: Path,
-    redis_server: RedisServer,
+    own_redis_server: RedisServer,
     new_context: Callable[[], BrowserContext],
 ) -> None:
     from flask_eventstream.brokers.redis import RedisBroker
@@ -47,7 +41,7 @@ def test_the_badge_counts_what_was_replayed_after_a_restart(
     env = dict(
         os.environ,
         SECRET_KEY=uuid.uuid4().hex,
-        FLASK_EVENTSTREAM_BROKER_URL=redis_server.url,
+        FLASK_EVENTSTREAM_BROKER_URL=own_redis_server.url,
         FLASK_EVENTSTREAM_REDIS_PREFIX=prefix,
         FLASK_EVENTSTREAM_RETRY="500",  # the browser retries every 0.5 s
         FLASK_EVENTSTREAM_HEARTBEAT="0.5",
@@ -67,7 +61,7 @@ def test_the_badge_counts_what_was_replayed_after_a_restart(
         first.stop()
         expect(status).to_have_text("reconnecting", timeout=TIMEOUT_MS)
         now = datetime.datetime.now().replace(microsecond=0).time().isoformat()
-        with RedisBroker.from_url(redis_server.url, key_prefix=prefix) as broker:
+        with RedisBroker.from_url(own_redis_server.url, key_prefix=prefix) as broker:
             for text in ("while down one", "while down two"):
                 broker.publish("chat", Event(f"[{now}] bob: {text}"))
         expect(status).to_have_text("reconnecting")  # nothing serves yet
